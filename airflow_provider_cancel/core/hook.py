@@ -1,0 +1,261 @@
+"""The base hook: an Airflow connection turned into an API client, and the vendor-neutral status/cancel calls.
+
+A vendor hook only declares facts (paths, auth header, status words) and parses payloads; every request
+goes through `ApiClient`, so retries, timeouts, errors and secrets are handled in exactly one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from airflow.sdk import BaseHook
+from pydantic import BaseModel, ValidationError
+
+from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
+from airflow_provider_cancel.core.http import (
+    ApiCall,
+    ApiClient,
+    ClientTimeouts,
+    RetryPolicy,
+    validate_base_url,
+)
+from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
+
+Model = TypeVar("Model", bound=BaseModel)
+MAX_ID_LENGTH = 200
+
+
+class CancelOutcome(str, enum.Enum):
+    REQUESTED = "requested"  # the vendor accepted the cancel (it may still be in progress)
+    ALREADY_FINISHED = "already_finished"  # nothing to cancel: the execution had ended
+    NOT_FOUND = "not_found"
+
+
+def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) -> Model:
+    """Validate a vendor payload; a wrong shape becomes one clear, non-retryable error naming the field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise ExecutionApiError(
+            vendor=vendor, method=call.method, path=call.path, status_code=200,
+            message=f"unexpected response shape ({problems})",
+        ) from None
+
+
+def short_repr(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+
+
+class ExecutionHook(BaseHook):
+    """Base for the five vendor hooks. Subclasses set the class facts and implement the adapter methods."""
+
+    # Airflow's hook registration.
+    conn_name_attr: ClassVar[str] = "conn_id"
+    conn_type: ClassVar[str]
+    default_conn_name: ClassVar[str]
+    hook_name: ClassVar[str]
+
+    # Vendor facts.
+    vendor: ClassVar[str]
+    default_host: ClassVar[str]
+    api_key_header: ClassVar[str]
+    api_key_scheme: ClassVar[str] = ""  # "Bearer" puts "Bearer <key>" in the header
+    status_words: ClassVar[Mapping[str, ExecutionState]]
+    execution_id_pattern: ClassVar[re.Pattern[str] | None] = None
+    execution_id_example: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        conn_id: str | None = None,
+        *,
+        timeouts: ClientTimeouts | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.conn_id = conn_id or self.default_conn_name
+        self._timeouts = timeouts
+        self._retry = retry
+        self._client: ApiClient | None = None
+        self._async_client: ApiClient | None = None
+
+    # -- connection -> client --------------------------------------------------------------------------
+    @property
+    def client(self) -> ApiClient:
+        if self._client is None:
+            self._client = self.client_for(self.get_connection(self.conn_id))
+        return self._client
+
+    async def aclient(self) -> ApiClient:
+        if self._async_client is None:
+            aget = getattr(BaseHook, "aget_connection", None)
+            if aget is not None:
+                conn = await aget(self.conn_id)
+            else:  # Airflow < 3.1: the sync lookup, off the event loop
+                from asgiref.sync import sync_to_async
+
+                conn = await sync_to_async(self.get_connection)(self.conn_id)
+            self._async_client = self.client_for(conn)
+        return self._async_client
+
+    def client_for(self, conn: Any) -> ApiClient:
+        key = (conn.password or "").strip()
+        if not key:
+            raise ProviderConfigError(
+                f"Connection {self.conn_id!r} ({self.vendor}) has no API key: put the key in its password field."
+            )
+        extra = conn.extra_dejson or {}
+        host = (conn.host or "").strip() or self.default_host
+        if "://" not in host:
+            host = f"{conn.schema or 'https'}://{host}"
+        if conn.port:  # a separate port field applies when the host has none
+            parts = urllib.parse.urlsplit(host)
+            if parts.port is None:
+                host = parts._replace(netloc=f"{parts.netloc}:{conn.port}").geturl()
+        base_url = validate_base_url(
+            host, conn_id=self.conn_id, allow_insecure=_truthy(extra.get("allow_insecure_http"))
+        )
+        timeouts = self._timeouts or ClientTimeouts(
+            connect=_number(extra, "connect_timeout", 10.0, conn_id=self.conn_id),
+            read=_number(extra, "timeout", 30.0, conn_id=self.conn_id),
+        )
+        retry = self._retry or RetryPolicy(
+            max_attempts=int(_number(extra, "max_retries", 5, conn_id=self.conn_id)) + 1
+        )
+        return ApiClient(
+            vendor=self.vendor,
+            base_url=base_url,
+            auth_headers={**self.auth_headers(key), **self.extra_headers(extra)},
+            timeouts=timeouts,
+            retry=retry,
+        )
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        value = f"{self.api_key_scheme} {key}" if self.api_key_scheme else key
+        return {self.api_key_header: value}
+
+    def extra_headers(self, extra: Mapping[str, Any]) -> dict[str, str]:
+        """Vendor headers read from the connection's extra (e.g. an organisation id)."""
+        return {}
+
+    # -- vendor adapter: override ----------------------------------------------------------------------
+    def status_call(self, execution_id: str) -> ApiCall:
+        raise NotImplementedError
+
+    def parse_status(self, execution_id: str, body: Any, call: ApiCall) -> ExecutionStatus:
+        raise NotImplementedError
+
+    def cancel_call(self, execution_id: str) -> ApiCall:
+        raise NotImplementedError
+
+    def cancel_outcome(self, body: Any) -> CancelOutcome:
+        return CancelOutcome.REQUESTED
+
+    def cancel_error_outcome(self, error: ExecutionApiError) -> CancelOutcome | None:
+        """Map a cancel error that means "nothing left to cancel"; None means it is a real error."""
+        if error.status_code == 404:
+            return CancelOutcome.NOT_FOUND
+        if error.status_code == 409:
+            return CancelOutcome.ALREADY_FINISHED
+        return None
+
+    def test_call(self) -> ApiCall:
+        """A cheap authenticated request for the UI's Test button."""
+        raise NotImplementedError
+
+    def execution_url(self, execution_id: str, info: Mapping[str, Any]) -> str | None:
+        """A page where a person can see the execution, if the vendor has one."""
+        return None
+
+    # -- vendor-neutral lifecycle ----------------------------------------------------------------------
+    def validate_execution_id(self, value: object) -> str:
+        """Reject ids that are not the vendor's, before any request (no `/`, `..`, spaces, huge strings)."""
+        expected = f" (expected e.g. {self.execution_id_example!r})" if self.execution_id_example else ""
+        if not isinstance(value, str) or not value.strip():
+            raise ProviderConfigError(f"{self.vendor} execution id must be a non-empty string, got {short_repr(value)}")
+        if len(value) > MAX_ID_LENGTH:
+            raise ProviderConfigError(
+                f"{self.vendor} execution id is {len(value)} characters long: {short_repr(value)}{expected}"
+            )
+        pattern = self.execution_id_pattern
+        if pattern is not None and not pattern.fullmatch(value):
+            raise ProviderConfigError(f"{short_repr(value)} is not a valid {self.vendor} execution id{expected}")
+        if (pattern is None and not re.fullmatch(r"[A-Za-z0-9_.:\-]+", value)) or ".." in value:
+            raise ProviderConfigError(f"{short_repr(value)} is not a valid {self.vendor} execution id{expected}")
+        return value
+
+    def get_status(self, execution_id: str) -> ExecutionStatus:
+        call = self.status_call(self.validate_execution_id(execution_id))
+        return self.parse_status(execution_id, self.client.request(call), call)
+
+    async def aget_status(self, execution_id: str) -> ExecutionStatus:
+        call = self.status_call(self.validate_execution_id(execution_id))
+        client = await self.aclient()
+        return self.parse_status(execution_id, await client.arequest(call), call)
+
+    def cancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+        call = self.cancel_call(self.validate_execution_id(execution_id))
+        try:
+            return self.cancel_outcome((client or self.client).request(call))
+        except ExecutionApiError as err:
+            return self._cancel_error(err)
+
+    async def acancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+        call = self.cancel_call(self.validate_execution_id(execution_id))
+        try:
+            return self.cancel_outcome(await (client or await self.aclient()).arequest(call))
+        except ExecutionApiError as err:
+            return self._cancel_error(err)
+
+    def _cancel_error(self, err: ExecutionApiError) -> CancelOutcome:
+        outcome = self.cancel_error_outcome(err)
+        if outcome is None:
+            raise err
+        return outcome
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            self.client.request(self.test_call())
+        except ExecutionApiError as err:
+            if err.status_code == 404:  # authenticated, the probe resource just does not exist
+                return True, f"Connected to {self.vendor} at {self.client.base_url}; the API key was accepted."
+            return False, str(err)
+        except Exception as err:
+            return False, f"{type(err).__name__}: {err}"
+        return True, f"Connected to {self.vendor} at {self.client.base_url}; the API key was accepted."
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """For Airflow < 3.2, which reads the form from the hook instead of the provider info."""
+        from airflow_provider_cancel.connections import CONNECTION_FORMS
+
+        form = CONNECTION_FORMS[cls.conn_type]["ui-field-behaviour"]
+        return {
+            "hidden_fields": form["hidden-fields"],
+            "relabeling": form["relabeling"],
+            "placeholders": form["placeholders"],
+        }
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"))
+
+
+def _number(extra: Mapping[str, Any], key: str, default: float, *, conn_id: str) -> float:
+    value = extra.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ProviderConfigError(f"Connection {conn_id!r}: extra {key!r} must be a number, got {value!r}") from None
+    if number < 0:
+        raise ProviderConfigError(f"Connection {conn_id!r}: extra {key!r} must not be negative, got {value!r}")
+    return number

@@ -1,0 +1,421 @@
+"""One HTTP layer for every vendor: sync and async httpx, retries, timeouts and one error type.
+
+Design notes (why, not what):
+- Auth headers are passed per request and never set on a client, so a shared async client can serve
+  many connections, and a key can never ride along on a redirect (redirects are not followed at all).
+- A request that may have created something remotely is only retried when it is idempotent (it
+  carries the vendor's idempotency key) or when the failure proves the server did not act on it
+  (the connection never opened, or a 429 rejection).
+- In triggers one async client is shared per event loop and base URL, on the aiohttp transport:
+  httpx's default async transport costs ~15x more CPU per poll at 1,000 pollers (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import time
+import urllib.parse
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import tenacity
+
+from airflow_provider_cancel import __version__
+from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"airflow-provider-cancel/{__version__}"
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# Failures where the request provably never reached the vendor's application.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_TRANSPORT_ERRORS = (httpx.TransportError,)
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One request to a vendor API, described without doing I/O, so sync and async share it."""
+
+    method: str
+    path: str
+    action: str
+    params: Mapping[str, Any] | None = None
+    json: Any = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # May this request be sent again after an ambiguous failure (timeout mid-request, 502, 504)?
+    # True for reads and cancels; for a create only when it carries an idempotency key.
+    retry_safe: bool = True
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """JSON-serializable, so it survives the trip into a trigger unchanged."""
+
+    max_attempts: int = 6
+    initial_backoff: float = 1.0
+    max_backoff: float = 30.0
+    max_retry_after: float = 300.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RetryPolicy:
+        return cls(**data) if data else cls()
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+@dataclass(frozen=True)
+class ClientTimeouts:
+    connect: float = 10.0
+    read: float = 30.0
+
+    def httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(self.read, connect=self.connect)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """What the vendor said about our remaining budget on its latest response."""
+
+    remaining: int | None = None
+    reset_at: float | None = None  # epoch seconds
+    retry_after: float | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+
+def quote_path_id(value: str) -> str:
+    """Percent-encode an id for use as one path segment (a `/`, `?` or `#` stays inside it)."""
+    return urllib.parse.quote(value, safe="")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date. None when absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def parse_rate_limit(headers: httpx.Headers) -> RateLimit:
+    def number(name: str) -> float | None:
+        try:
+            return float(headers[name])
+        except (KeyError, ValueError):
+            return None
+
+    remaining = number("x-ratelimit-remaining")
+    reset = number("x-ratelimit-reset")
+    # Vendors send an epoch timestamp; some send seconds-until-reset. A small number is the latter.
+    if reset is not None and reset < 1e9:
+        reset = time.time() + reset
+    return RateLimit(
+        remaining=None if remaining is None else int(remaining),
+        reset_at=reset,
+        retry_after=parse_retry_after(headers.get("retry-after")),
+    )
+
+
+def _first_text(*candidates: Any) -> str | None:
+    for value in candidates:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
+
+
+def parse_error_body(body: Any) -> tuple[str | None, str | None, str | None]:
+    """(code, message, request_id) from any of the vendors' error shapes.
+
+    Shapes seen across the five vendors: {"error": "text"}; {"error": {"code", "message", "request_id"}};
+    {"detail": "text"} and FastAPI's {"detail": [{"loc", "msg"}]}; {"code", "message", "requestId"}
+    (B3OS, where code may be a number); {"message", "detail": [...]}; {"error", "code", "hint"} (bctrl).
+    """
+    if not isinstance(body, Mapping):
+        return None, None, None
+    err = body.get("error")
+    nested = err if isinstance(err, Mapping) else {}
+    detail = body.get("detail")
+    detail_text = None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, Mapping):
+                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+        detail_text = "; ".join(parts) or None
+    elif isinstance(detail, str):
+        detail_text = detail
+    message = _first_text(nested.get("message"), err, body.get("message"), detail_text)
+    if message and detail_text and detail_text != message:
+        message = f"{message} ({detail_text})"
+    hint = _first_text(body.get("hint"), nested.get("hint"))
+    if message and hint:
+        message = f"{message}; hint: {hint}"
+    raw_code = nested.get("code", body.get("code"))
+    code = str(raw_code) if isinstance(raw_code, (str, int)) and not isinstance(raw_code, bool) else None
+    request_id = _first_text(
+        nested.get("request_id"), body.get("request_id"), body.get("requestId"), nested.get("requestId")
+    )
+    return code, message, request_id
+
+
+def is_transient(exc: BaseException, *, retry_safe: bool = True) -> bool:
+    """Could the same request succeed if sent again later?"""
+    if isinstance(exc, ExecutionApiError):
+        if exc.status_code == 429:
+            return True
+        if exc.status_code in RETRYABLE_STATUS or exc.status_code is None:
+            return retry_safe
+        return False
+    if isinstance(exc, _NOT_SENT):
+        return True
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return retry_safe
+    return False
+
+
+class ApiClient:
+    """One vendor API at one base URL, with one key. Holds no secret in any client object."""
+
+    def __init__(
+        self,
+        *,
+        vendor: str,
+        base_url: str,
+        auth_headers: Mapping[str, str],
+        timeouts: ClientTimeouts | None = None,
+        retry: RetryPolicy | None = None,
+        error_parser: Callable[[Any], tuple[str | None, str | None, str | None]] = parse_error_body,
+    ) -> None:
+        self.vendor = vendor
+        self.base_url = base_url.rstrip("/")
+        self._auth_headers = dict(auth_headers)
+        self.timeouts = timeouts or ClientTimeouts()
+        self.retry = retry or RetryPolicy()
+        self._error_parser = error_parser
+        self._sync: httpx.Client | None = None
+        self.rate_limit = RateLimit()
+        # How sync retries wait; an operator swaps in a sleep that a kill interrupts.
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def __repr__(self) -> str:  # never show headers
+        return f"ApiClient(vendor={self.vendor!r}, base_url={self.base_url!r})"
+
+    def with_options(self, *, timeouts: ClientTimeouts | None = None, retry: RetryPolicy | None = None) -> ApiClient:
+        """A fresh client over the same settings: for on_kill, which must not share a busy connection."""
+        return ApiClient(
+            vendor=self.vendor,
+            base_url=self.base_url,
+            auth_headers=self._auth_headers,
+            timeouts=timeouts or self.timeouts,
+            retry=retry or self.retry,
+            error_parser=self._error_parser,
+        )
+
+    # -- sync ------------------------------------------------------------------------------------------
+    def _sync_client(self) -> httpx.Client:
+        if self._sync is None:
+            self._sync = httpx.Client(
+                base_url=self.base_url,
+                timeout=self.timeouts.httpx(),
+                follow_redirects=False,
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._sync
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    def request(self, call: ApiCall) -> Any:
+        for attempt in self._retrying(call, tenacity.Retrying, sleep=self.sleep):
+            with attempt:
+                response = self._sync_client().request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.json,
+                    headers={**call.headers, **self._auth_headers},
+                )
+                return self._handle(call, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- async -----------------------------------------------------------------------------------------
+    async def arequest(self, call: ApiCall) -> Any:
+        client = shared_async_client(self.base_url)
+        async for attempt in self._retrying(call, tenacity.AsyncRetrying):
+            with attempt:
+                response = await client.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.json,
+                    headers={**call.headers, **self._auth_headers},
+                    timeout=self.timeouts.httpx(),
+                )
+                await response.aread()
+                return self._handle(call, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- shared ----------------------------------------------------------------------------------------
+    def _retrying(self, call: ApiCall, kind: type, **extra: Any) -> Any:
+        policy = self.retry
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                return min(float(retry_after), policy.max_retry_after)
+            return tenacity.wait_exponential_jitter(
+                initial=policy.initial_backoff, max=policy.max_backoff
+            )(state)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0
+            log.warning(
+                "%s %s %s failed (attempt %d/%d): %s; retrying in %.1fs",
+                self.vendor, call.method, call.path, state.attempt_number, policy.max_attempts,
+                _describe(exc), delay,
+            )
+
+        return kind(
+            stop=tenacity.stop_after_attempt(policy.max_attempts),
+            wait=wait,
+            retry=tenacity.retry_if_exception(lambda e: is_transient(e, retry_safe=call.retry_safe)),
+            before_sleep=before_sleep,
+            reraise=True,
+            **extra,
+        )
+
+    def _handle(self, call: ApiCall, response: httpx.Response) -> Any:
+        self.rate_limit = parse_rate_limit(response.headers)
+        status = response.status_code
+        if 300 <= status < 400:
+            raise self._error(call, status, f"unexpected redirect to {response.headers.get('location')!r}"
+                              " (not followed: it could carry the API key to another host)")
+        if status >= 400:
+            body = _json_or_none(response)
+            code, message, request_id = self._error_parser(body) if body is not None else (None, None, None)
+            if message is None:
+                message = _snippet(response.text) or response.reason_phrase or "error"
+            raise self._error(
+                call, status, message, code=code,
+                request_id=request_id or _request_id(response.headers),
+                retry_after=parse_retry_after(response.headers.get("retry-after")) if status in (429, 503) else None,
+            )
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise self._error(
+                call, None, f"response (HTTP {status}) is not valid JSON: {_snippet(response.text)!r}",
+                request_id=_request_id(response.headers),
+            ) from None
+
+    def _error(self, call: ApiCall, status: int | None, message: str, **kw: Any) -> ExecutionApiError:
+        return ExecutionApiError(
+            vendor=self.vendor, method=call.method, path=call.path, status_code=status, message=message, **kw
+        )
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _request_id(headers: httpx.Headers) -> str | None:
+    return headers.get("x-request-id") or headers.get("x-bctrl-request-id")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, ExecutionApiError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+# -- shared async clients ------------------------------------------------------------------------------
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+# One loop may poll thousands of executions on one API: allow many parallel connections.
+ASYNC_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=60)
+
+
+def shared_async_client(base_url: str) -> httpx.AsyncClient:
+    """The async client for this event loop and base URL, created on first use.
+
+    The aiohttp transport is imported here, not at module import, so DAG parsing never pays for it.
+    """
+    loop = asyncio.get_running_loop()
+    clients = _ASYNC_CLIENTS.setdefault(loop, {})
+    client = clients.get(base_url)
+    if client is None or client.is_closed:
+        from httpx_aiohttp import AiohttpTransport
+
+        client = httpx.AsyncClient(
+            base_url=base_url,
+            transport=AiohttpTransport(limits=ASYNC_LIMITS),
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+        clients[base_url] = client
+    return client
+
+
+def validate_base_url(url: str, *, conn_id: str, allow_insecure: bool) -> str:
+    """Refuse URLs that would send an API key in clear text off this machine."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ProviderConfigError(
+            f"Connection {conn_id!r}: host {url!r} is not an http(s) URL (expected e.g. https://api.example.com)"
+        )
+    if parsed.scheme == "http" and not allow_insecure and not _is_loopback(parsed.hostname):
+        raise ProviderConfigError(
+            f"Connection {conn_id!r}: host {url!r} uses plain http to a non-loopback address, which would "
+            "send the API key unencrypted. Use https, or set extra {\"allow_insecure_http\": true} to accept it."
+        )
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

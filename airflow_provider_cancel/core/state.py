@@ -1,0 +1,57 @@
+"""The vendor-neutral execution state every adapter maps its own status words onto."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ExecutionState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    # A word the adapter does not know. It never counts as success: the task keeps polling (and warns)
+    # until the execution reaches a known state or the task's deadline passes.
+    UNKNOWN = "unknown"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({ExecutionState.SUCCEEDED, ExecutionState.FAILED, ExecutionState.CANCELLED})
+
+
+def normalize_status(word: object, words: Mapping[str, ExecutionState]) -> ExecutionState:
+    """Map a vendor's status word, case-insensitively and with either spelling of cancel(l)ed."""
+    if not isinstance(word, str):
+        return ExecutionState.UNKNOWN
+    key = word.strip().lower()
+    state = words.get(key) or words.get(key.replace("canceled", "cancelled"))
+    return state or ExecutionState.UNKNOWN
+
+
+@dataclass(frozen=True)
+class ExecutionStatus:
+    """One status reading of one remote execution, as a vendor adapter understood it."""
+
+    execution_id: str
+    state: ExecutionState
+    vendor_status: str
+    # One human line of progress ("45%, Analyzing data"; "120/123 items") when the vendor reports it.
+    progress: str | None = None
+    # The vendor's own explanation of a failure or cancellation, ready for an exception message.
+    error: str | None = None
+    # The raw, parsed status payload, for result extraction by the same adapter.
+    payload: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def describe(self) -> str:
+        text = f"{self.state.value} ({self.vendor_status})"
+        if self.progress:
+            text += f", {self.progress}"
+        return text

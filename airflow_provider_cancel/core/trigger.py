@@ -1,0 +1,186 @@
+"""ONE trigger for every vendor: it polls any ExecutionHook, named by class path in its serialized form.
+
+What it guarantees while a task is deferred:
+- a user kill (mark failed/success, clear) cancels the execution: `on_kill` on Airflow 3.3+, and on
+  3.0-3.2 the `CancelledError` path after checking the task is no longer deferred (a triggerer restart
+  leaves the task deferred, so nothing is cancelled then: K12);
+- the task's own deadline (start + execution_timeout) is kept here, because Airflow 3.3 does not enforce
+  execution_timeout while deferred: at the deadline the execution is cancelled and a timeout event fires;
+- transient API errors never end the wait before the deadline; unknown status words never count as success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from pydantic import BaseModel, ValidationError
+
+from airflow_provider_cancel.core.errors import ExecutionApiError
+from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook
+from airflow_provider_cancel.core.http import NO_RETRY, is_transient
+from airflow_provider_cancel.core.poll import PollSchedule
+from airflow_provider_cancel.core.state import ExecutionState
+
+CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by default)
+
+
+class TriggerOutcome(BaseModel):
+    """The event payload; validated again by the operator, so a malformed event fails loudly."""
+
+    kind: Literal["terminal", "timeout", "error"]
+    execution_id: str
+    state: ExecutionState | None = None
+    vendor_status: str | None = None
+    message: str | None = None
+    cancel_result: str | None = None
+
+    @property
+    def cancel_sent(self) -> bool:
+        return self.cancel_result is not None
+
+    @classmethod
+    def parse_event(cls, event: Any) -> TriggerOutcome:
+        from airflow.sdk.exceptions import AirflowException
+
+        try:
+            return cls.model_validate(event)
+        except ValidationError as err:
+            raise AirflowException(f"Unexpected trigger event {event!r}: {err.errors()[:3]}") from None
+
+
+def _airflow_has_trigger_on_kill() -> bool:
+    from airflow import __version__
+    from packaging.version import Version
+
+    return Version(Version(__version__).base_version) >= Version("3.3.0")
+
+
+class ExecutionTrigger(BaseTrigger):
+    def __init__(
+        self,
+        *,
+        hook_class: str,
+        conn_id: str,
+        execution_id: str,
+        deadline: float | None = None,
+        started_at: float | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 30.0,
+        cancel_on_kill: bool = True,
+    ) -> None:
+        super().__init__()
+        self.hook_class = hook_class
+        self.conn_id = conn_id
+        self.execution_id = execution_id
+        self.deadline = deadline
+        self.started_at = started_at if started_at is not None else time.time()
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.cancel_on_kill = cancel_on_kill
+        self._hook: ExecutionHook | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "hook_class": self.hook_class,
+                "conn_id": self.conn_id,
+                "execution_id": self.execution_id,
+                "deadline": self.deadline,
+                "started_at": self.started_at,
+                "poll_interval": self.poll_interval,
+                "max_poll_interval": self.max_poll_interval,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    @property
+    def hook(self) -> ExecutionHook:
+        if self._hook is None:
+            from airflow.sdk.module_loading import import_string
+
+            hook_class = import_string(self.hook_class)
+            if not (isinstance(hook_class, type) and issubclass(hook_class, ExecutionHook)):
+                raise TypeError(f"{self.hook_class} is not an ExecutionHook")
+            self._hook = hook_class(self.conn_id)
+        return self._hook
+
+    def _event(self, kind: str, **fields: Any) -> TriggerEvent:
+        return TriggerEvent(TriggerOutcome(kind=kind, execution_id=self.execution_id, **fields).model_dump(mode="json"))
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = self.hook
+        schedule = PollSchedule(self.poll_interval, self.max_poll_interval)
+        name = f"{hook.vendor} execution {self.execution_id}"
+        last_seen: str | None = None
+        try:
+            while True:
+                if self.deadline is not None and time.time() >= self.deadline:
+                    result = await self._cancel("the task's execution_timeout passed") if self.cancel_on_kill else None
+                    yield self._event("timeout", cancel_result=result, message=f"{name} passed its deadline")
+                    return
+                try:
+                    status = await hook.aget_status(self.execution_id)
+                except Exception as err:
+                    if not is_transient(err):
+                        yield self._event("error", message=str(err))
+                        return
+                    self.log.warning("Could not read the status of %s (%s); will try again", name, err)
+                else:
+                    if status.state.is_terminal:
+                        yield self._event("terminal", state=status.state, vendor_status=status.vendor_status)
+                        return  # at once: lingering after the event would be mistaken for a kill
+                    if status.describe() != last_seen:
+                        last_seen = status.describe()
+                        self.log.info("%s: %s", name, last_seen)
+                client = await hook.aclient()
+                delay = schedule.delay(time.time() - self.started_at, client.rate_limit)
+                if self.deadline is not None:
+                    delay = min(delay, max(0.0, self.deadline - time.time()))
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            # Airflow < 3.3 never calls on_kill: tell a user kill from a triggerer shutdown by the task state.
+            if self.cancel_on_kill and not _airflow_has_trigger_on_kill() and await self._task_left_deferral():
+                await self._cancel("the deferred task was killed (legacy path)")
+            raise  # never swallow: Airflow 3.3 calls on_kill only after this propagates
+
+    async def on_kill(self) -> None:
+        """Airflow 3.3+: a user marked the deferred task failed/success or cleared it."""
+        if self.cancel_on_kill:
+            await self._cancel("the deferred task was killed")
+
+    async def _cancel(self, reason: str) -> str:
+        name = f"{self.hook.vendor} execution {self.execution_id}"
+        try:
+            client = (await self.hook.aclient()).with_options(retry=NO_RETRY)
+            outcome = await asyncio.wait_for(self.hook.acancel(self.execution_id, client=client), CANCEL_TIMEOUT)
+        except (ExecutionApiError, Exception) as err:
+            self.log.error("Could not cancel %s (%s): %s", name, reason, err)
+            return f"failed: {err}"
+        if outcome is CancelOutcome.REQUESTED:
+            self.log.warning("Cancelled %s: %s", name, reason)
+        else:
+            self.log.info("No cancel needed for %s (%s)", name, outcome.value)
+        return outcome.value
+
+    async def _task_left_deferral(self) -> bool:
+        """Airflow 3.0-3.2: is the task still DEFERRED? If so this is a restart or hand-over: keep it running."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return False
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+            from asgiref.sync import sync_to_async
+
+            states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+            )
+            state = states[ti.run_id][ti.task_id]
+        except Exception as err:
+            self.log.warning("Could not read the task's state; not cancelling %s: %s", self.execution_id, err)
+            return False
+        return str(state) != "deferred"
