@@ -19,6 +19,7 @@ from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfi
 from airflow_provider_cancel.core.http import (
     ApiCall,
     ApiClient,
+    NO_RETRY,
     ClientTimeouts,
     RetryPolicy,
     validate_base_url,
@@ -221,15 +222,25 @@ class ExecutionHook(BaseHook):
         return outcome
 
     def test_connection(self) -> tuple[bool, str]:
+        """The UI's Test button: one quick authenticated request, no retries, an answer a person can act on."""
         try:
-            self.client.request(self.test_call())
+            client = self.client.with_options(retry=NO_RETRY)
+        except Exception as err:
+            return False, str(err)
+        ok = f"Connected to {self.vendor} at {client.base_url}; the API key was accepted."
+        try:
+            client.request(self.test_call())
         except ExecutionApiError as err:
-            if err.status_code == 404:  # authenticated, the probe resource just does not exist
-                return True, f"Connected to {self.vendor} at {self.client.base_url}; the API key was accepted."
+            if err.status_code == 404:  # authenticated; the probe resource just does not exist
+                return True, ok
+            if err.status_code in (401, 403):
+                return False, f"{self.vendor} rejected the API key of connection {self.conn_id!r}: {err.message}"
             return False, str(err)
         except Exception as err:
-            return False, f"{type(err).__name__}: {err}"
-        return True, f"Connected to {self.vendor} at {self.client.base_url}; the API key was accepted."
+            return False, f"Could not reach {self.vendor} at {client.base_url}: {type(err).__name__}: {err}"
+        finally:
+            client.close()
+        return True, ok
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
