@@ -50,6 +50,11 @@ def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) ->
         ) from None
 
 
+def is_template(value: object) -> bool:
+    """A Jinja template that renders only at run time: checked then, not at DAG parse."""
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
 def short_repr(value: object, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"

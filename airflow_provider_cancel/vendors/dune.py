@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from airflow_provider_cancel.core.errors import ProviderConfigError
-from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook, parse_model, short_repr
+from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook, is_template, parse_model, short_repr
 from airflow_provider_cancel.core.http import ApiCall, quote_path_id
 from airflow_provider_cancel.core.links import ExecutionLink
 from airflow_provider_cancel.core.operator import ExecutionOperator
@@ -197,7 +197,7 @@ class DuneRunQueryOperator(ExecutionOperator):
     """
 
     hook_class = DuneHook
-    template_fields: Sequence[str] = ("conn_id", "query_id", "sql", "query_parameters")
+    template_fields: Sequence[str] = ("conn_id", "query_id", "sql", "query_parameters", "performance")
     template_fields_renderers = {"sql": "sql", "query_parameters": "json"}
     operator_extra_links = (DuneQueryLink(),)
 
@@ -219,15 +219,21 @@ class DuneRunQueryOperator(ExecutionOperator):
         self.performance = performance
         self.max_rows = max_rows
         self.allow_partial_results = allow_partial_results
-        if performance not in PERFORMANCE_TIERS:
-            raise ProviderConfigError(f"{self.task_id}: performance must be one of {PERFORMANCE_TIERS}, "
-                                      f"got {performance!r}")
+        if not is_template(performance):
+            self._check_performance()
         if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 0):
             raise ProviderConfigError(f"{self.task_id}: max_rows must be a non-negative int or None, got {max_rows!r}")
         if (query_id is None) == (sql is None):
             raise ProviderConfigError(f"{self.task_id}: give exactly one of query_id or sql")
 
+    def _check_performance(self) -> None:
+        if self.performance not in PERFORMANCE_TIERS:
+            raise ProviderConfigError(
+                f"{self.task_id}: performance must be one of {PERFORMANCE_TIERS}, got {short_repr(self.performance)}"
+            )
+
     def validate_request(self) -> None:
+        self._check_performance()
         if self.sql is not None:
             if not isinstance(self.sql, str) or not self.sql.strip():
                 raise ProviderConfigError(f"{self.task_id}: sql must be a non-blank string, got {short_repr(self.sql)}")
