@@ -41,4 +41,30 @@ def _form(vendor: str, default_host: str, key_hint: str, extra_fields: dict[str,
 
 CONNECTION_FORMS: dict[str, dict[str, Any]] = {
     "dune": _form("Dune", "https://api.dune.com", "Dune API key (sent as X-Dune-Api-Key)"),
+    "izieroma": _form("ROMA", "https://api.izieroma.xyz", "sk_live_... (sent as X-API-Key)"),
+    "bctrl": _form(
+        "bctrl",
+        "https://api.bctrl.ai",
+        "bctrl_... (sent as Authorization: Bearer)",
+        {
+            "subaccount_id": {
+                "label": "Subaccount id",
+                "description": "Sent as BCTRL-Subaccount-Id, for organisation keys acting for a subaccount.",
+                "schema": {"type": ["string", "null"]},
+            }
+        },
+    ),
+    "meibel": _form("Meibel", "https://api.meibel.ai/v2", "Meibel API key (sent as Meibel-API-Key)"),
+    "b3os": _form(
+        "B3OS",
+        "https://api.b3os.org",
+        "b3sk_... (sent as Authorization: Bearer)",
+        {
+            "org_id": {
+                "label": "Organisation id",
+                "description": "org_... sent as X-Org-ID, for endpoints that need an organisation context.",
+                "schema": {"type": ["string", "null"]},
+            }
+        },
+    ),
 }

@@ -8,9 +8,15 @@ from airflow_provider_cancel.connections import CONNECTION_FORMS
 
 _HOOKS = {
     "dune": ("Dune", "airflow_provider_cancel.vendors.dune.DuneHook"),
+    "izieroma": ("izieroma (ROMA API)", "airflow_provider_cancel.vendors.izieroma.IzieromaHook"),
+    "bctrl": ("bctrl", "airflow_provider_cancel.vendors.bctrl.BctrlHook"),
+    "meibel": ("Meibel", "airflow_provider_cancel.vendors.meibel.MeibelHook"),
+    "b3os": ("B3OS", "airflow_provider_cancel.vendors.b3os.B3osHook"),
 }
 _LINKS = [
     "airflow_provider_cancel.vendors.dune.DuneQueryLink",
+    "airflow_provider_cancel.vendors.meibel.MeibelConsoleLink",
+    "airflow_provider_cancel.vendors.b3os.B3osWorkflowLink",
 ]
 
 

@@ -9,11 +9,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-from airflow_provider_cancel.emulator import dune
+from airflow_provider_cancel.emulator import b3os, bctrl, dune, izieroma, meibel
 from airflow_provider_cancel.emulator.engine import EmulatorConfig, Engine, Execution, Fault, VendorAPI
 
 # Adding a vendor: write its module (see dune.py) and list its VendorAPI here.
-VENDORS: dict[str, VendorAPI] = {api.name: api for api in (dune.api,)}
+VENDORS: dict[str, VendorAPI] = {
+    api.name: api for api in (dune.api, izieroma.api, bctrl.api, meibel.api, b3os.api)
+}
 
 
 def create_app(config: EmulatorConfig | None = None, vendors: Iterable[VendorAPI] | None = None) -> FastAPI:

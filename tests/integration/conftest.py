@@ -16,7 +16,7 @@ import pytest
 from airflow_provider_cancel.emulator.testing import EmulatorClient, EmulatorProcess
 
 API_KEY = "sk-INTEGRATION-SECRET-7f3a"
-VENDORS = ("dune",)
+VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
 
 os.environ.setdefault("AIRFLOW_DISABLE_GREENBACK_PORTAL", "true")
 
