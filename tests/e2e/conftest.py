@@ -1,0 +1,81 @@
+"""One real Airflow 3.3 stack and one emulator for the whole end-to-end session."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_cancel.emulator.testing import EmulatorClient, EmulatorProcess
+
+from .airflow_stack import AirflowStack
+
+DAGS = Path(__file__).parent / "dags"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+E2E_KEY = "sk-E2E-SECRET-5d1c9b"
+VENDORS = ("dune",)
+
+
+@pytest.fixture(scope="session")
+def e2e_emulator() -> Iterator[EmulatorProcess]:
+    with EmulatorProcess("--api-key", E2E_KEY) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+def emu_client(e2e_emulator: EmulatorProcess) -> Iterator[EmulatorClient]:
+    with e2e_emulator.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def stack(e2e_emulator: EmulatorProcess) -> Iterator[AirflowStack]:
+    env = {
+        f"AIRFLOW_CONN_{vendor.upper()}_DEFAULT": json.dumps(
+            {"conn_type": vendor, "host": e2e_emulator.base_url(vendor), "password": E2E_KEY}
+        )
+        for vendor in VENDORS
+    }
+    with AirflowStack(DAGS, env=env, parallelism=32) as airflow:
+        yield airflow
+
+
+class Matrix:
+    """Rows of the kill-path matrix, written to artifacts/ at the end of the session (README shows it)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def add(self, **row: object) -> None:
+        self.rows.append(row)
+
+    def write(self) -> None:
+        if not self.rows:
+            return
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "e2e-matrix.json").write_text(json.dumps(self.rows, indent=1, default=str))
+        lines = [
+            "| path | vendor | mode | result | cancels | final state | kill → cancel (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(self.rows, key=lambda r: (str(r["path"]), str(r["vendor"]), str(r["mode"]))):
+            latency = "" if r.get("latency") is None else f"{r['latency']:.1f}"
+            lines.append(
+                f"| {r['path']} | {r['vendor']} | {r['mode']} | {r['result']} | {r['cancels']} | {r['state']} | "
+                f"{latency} |"
+            )
+        (ARTIFACTS / "e2e-matrix.md").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="session")
+def matrix() -> Iterator[Matrix]:
+    table = Matrix()
+    yield table
+    table.write()
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,43 @@
+"""One DAG per vendor, one task per kill path, all against the emulator (the scenario rides in the request)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import DAG, BaseOperator
+
+TIMEOUT = timedelta(seconds=20)
+FAST = {"poll_interval": 1, "max_poll_interval": 2, "retries": 0}
+
+
+def dune(task_id: str, scenario: str, **kw: Any) -> BaseOperator:
+    from airflow_provider_cancel.vendors.dune import DuneRunQueryOperator
+
+    return DuneRunQueryOperator(task_id=task_id, sql=f"SELECT 1 -- {task_id} emulate:{scenario}", **kw)
+
+
+FACTORIES: dict[str, Callable[..., BaseOperator]] = {"dune": dune}
+
+# task id -> (scenario, deferrable, execution_timeout)
+SCENARIOS = {
+    "k1_sync_markfail": ("forever", False, None),
+    "k4_sync_timeout": ("forever", False, TIMEOUT),
+    "k6_defer_markfail": ("forever", True, None),
+    "k7_defer_timeout": ("forever", True, TIMEOUT),
+    "k13_sync_success": ("succeed:3", False, None),
+    "k13_defer_success": ("succeed:3", True, None),
+}
+
+for vendor, factory in FACTORIES.items():
+    with DAG(
+        dag_id=f"e2e_{vendor}",
+        schedule=None,
+        start_date=datetime(2025, 1, 1),
+        catchup=False,
+        max_active_tasks=len(SCENARIOS),
+    ) as dag:
+        for task_id, (scenario, deferrable, timeout) in SCENARIOS.items():
+            factory(task_id, scenario, deferrable=deferrable, execution_timeout=timeout, **FAST)
+    globals()[dag.dag_id] = dag
