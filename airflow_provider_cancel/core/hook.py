@@ -6,6 +6,7 @@ goes through `ApiClient`, so retries, timeouts, errors and secrets are handled i
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import re
 import urllib.parse
@@ -17,9 +18,9 @@ from pydantic import BaseModel, ValidationError
 
 from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
 from airflow_provider_cancel.core.http import (
+    NO_RETRY,
     ApiCall,
     ApiClient,
-    NO_RETRY,
     ClientTimeouts,
     RetryPolicy,
     validate_base_url,
@@ -102,12 +103,13 @@ class ExecutionHook(BaseHook):
     async def aclient(self) -> ApiClient:
         if self._async_client is None:
             aget = getattr(BaseHook, "aget_connection", None)
-            if aget is not None:
-                conn = await aget(self.conn_id)
-            else:  # Airflow < 3.1: the sync lookup, off the event loop
+            if aget is None:  # older Airflow: the sync lookup, off the event loop
                 from asgiref.sync import sync_to_async
 
-                conn = await sync_to_async(self.get_connection)(self.conn_id)
+                aget = sync_to_async(self.get_connection)
+            # Shielded: asgiref re-raises a cancellation without its message, and the triggerer tells a
+            # user kill (which must cancel the execution) from a shutdown only by that message.
+            conn = await asyncio.shield(aget(self.conn_id))
             self._async_client = self.client_for(conn)
         return self._async_client
 

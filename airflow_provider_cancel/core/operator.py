@@ -14,6 +14,7 @@ Kill paths handled here (DESIGN.md K1-K13):
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -173,7 +174,10 @@ class ExecutionOperator(BaseOperator):
         """Stable for one try of one task instance: a retried create of the same try starts nothing new."""
         ti = context["ti"]
         map_part = f".{ti.map_index}" if ti.map_index is not None and ti.map_index >= 0 else ""
-        return f"airflow:{ti.dag_id}:{ti.run_id}:{ti.task_id}{map_part}:try{ti.try_number}"
+        key = f"airflow:{ti.dag_id}:{ti.run_id}:{ti.task_id}{map_part}:try{ti.try_number}"
+        if len(key) <= 128 and key.isascii() and key.isprintable():
+            return key  # readable in the vendor's logs
+        return "airflow-" + hashlib.sha256(key.encode()).hexdigest()[:40]  # header-safe for any run id
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:

@@ -74,6 +74,7 @@ class ExecutionSensor(BaseSensorOperator):
         return False
 
     def execute(self, context: Context) -> Any:
+        self._started = time.monotonic()
         if not self.deferrable:
             return super().execute(context)
         if self.poke(context):

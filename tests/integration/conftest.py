@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -89,8 +89,6 @@ async def drive_trigger(trigger: Any, *, cancel_when: Callable[[], Any] | None =
             assert not task.done(), f"trigger ended before the cancel condition: {runner.events}"
             await asyncio.sleep(0.05)
         task.cancel(cancel_msg) if cancel_msg else task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, max(1.0, deadline - time.monotonic()))
-    except asyncio.CancelledError:
-        pass
     return [entry.event.payload for entry in runner.events]

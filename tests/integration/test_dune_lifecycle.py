@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout, TaskDeferred, TaskDeferralError
+from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout, TaskDeferralError, TaskDeferred
 from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
 
 from airflow_provider_cancel.core.errors import (

@@ -177,10 +177,16 @@ def test_ids_are_encoded_as_one_path_segment():
     ("body", "expected"),
     [
         ({"error": "invalid API Key"}, (None, "invalid API Key", None)),
-        ({"error": {"code": "rate_limit_exceeded", "message": "Daily limit"}}, ("rate_limit_exceeded", "Daily limit", None)),
+        (
+            {"error": {"code": "rate_limit_exceeded", "message": "Daily limit"}},
+            ("rate_limit_exceeded", "Daily limit", None),
+        ),
         ({"detail": "Execution x not found"}, (None, "Execution x not found", None)),
         ({"detail": [{"loc": ["body", "goal"], "msg": "Field required"}]}, (None, "goal: Field required", None)),
-        ({"code": 409, "message": "run is not cancellable", "requestId": "abc"}, ("409", "run is not cancellable", "abc")),
+        (
+            {"code": 409, "message": "run is not cancellable", "requestId": "abc"},
+            ("409", "run is not cancellable", "abc"),
+        ),
         (
             {"error": "Runtime not found", "code": "runtime.not_found", "requestId": "r1", "hint": "check the id"},
             ("runtime.not_found", "Runtime not found; hint: check the id", "r1"),
@@ -202,6 +208,7 @@ def test_retry_after_forms():
 
 
 def test_rate_limit_headers():
-    rl = parse_rate_limit(httpx.Headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 60)}))
+    reset = str(int(time.time()) + 60)
+    rl = parse_rate_limit(httpx.Headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}))
     assert rl.exhausted and rl.reset_at > time.time()
     assert parse_rate_limit(httpx.Headers({"X-RateLimit-Reset": "30"})).reset_at > time.time() + 25
