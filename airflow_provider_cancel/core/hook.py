@@ -52,8 +52,15 @@ def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) ->
 
 
 def is_template(value: object) -> bool:
-    """A Jinja template that renders only at run time: checked then, not at DAG parse."""
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
+    """A value known only at run time (a Jinja template, an upstream task's XComArg): checked then, not at
+    DAG parse."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    try:
+        from airflow.sdk.definitions._internal.mixins import ResolveMixin
+    except ImportError:  # pragma: no cover - older Task SDK layouts
+        return False
+    return isinstance(value, ResolveMixin)
 
 
 def short_repr(value: object, limit: int = 60) -> str:
@@ -92,6 +99,7 @@ class ExecutionHook(BaseHook):
         self._retry = retry
         self._client: ApiClient | None = None
         self._async_client: ApiClient | None = None
+        self._trusted_ids: set[str] = set()
 
     # -- connection -> client --------------------------------------------------------------------------
     @property
@@ -183,8 +191,22 @@ class ExecutionHook(BaseHook):
         return None
 
     # -- vendor-neutral lifecycle ----------------------------------------------------------------------
+    def trust(self, execution_id: object) -> str:
+        """Accept an id the vendor itself returned (or one we recorded from it) without the format check.
+
+        A vendor changing its id format must not turn a started execution into one we can no longer
+        poll or cancel: ids travel as one percent-encoded path segment, so any string is safe to send.
+        """
+        if not isinstance(execution_id, str) or not execution_id.strip() or len(execution_id) > 4 * MAX_ID_LENGTH:
+            raise ProviderConfigError(f"{self.vendor} returned an unusable execution id {short_repr(execution_id)}")
+        self._trusted_ids.add(execution_id)
+        return execution_id
+
     def validate_execution_id(self, value: object) -> str:
-        """Reject ids that are not the vendor's, before any request (no `/`, `..`, spaces, huge strings)."""
+        """Reject ids that are not the vendor's, before any request (no `/`, `..`, spaces, huge strings).
+        Ids the vendor returned to this hook (`trust`) are accepted as they are."""
+        if isinstance(value, str) and value in self._trusted_ids:
+            return value
         expected = f" (expected e.g. {self.execution_id_example!r})" if self.execution_id_example else ""
         if not isinstance(value, str) or not value.strip():
             raise ProviderConfigError(f"{self.vendor} execution id must be a non-empty string, got {short_repr(value)}")

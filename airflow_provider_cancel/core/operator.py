@@ -275,7 +275,7 @@ class ExecutionOperator(BaseOperator):
         from airflow_provider_cancel.core.trigger import TriggerOutcome
 
         outcome = TriggerOutcome.parse_event(event)
-        self.execution_id = outcome.execution_id
+        self.execution_id = self.hook.trust(outcome.execution_id)
         if outcome.kind == "timeout":
             self._cancel_sent = self._cancel_sent or outcome.cancel_sent
             raise AirflowTaskTimeout(
@@ -294,7 +294,8 @@ class ExecutionOperator(BaseOperator):
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         if next_method == "__fail__":  # the defer timeout fired or the trigger crashed: nobody is watching
-            self.execution_id = self.execution_id or self._recorded_id(context)
+            recorded = self.execution_id or self._recorded_id(context)
+            self.execution_id = self.hook.trust(recorded) if recorded else None
             self._cancel_once("the trigger failed or timed out")
         return super().resume_execution(next_method, next_kwargs, context)
 
@@ -333,8 +334,9 @@ class ExecutionOperator(BaseOperator):
         """A live execution left by an earlier try of this task: reattach or cancel it, per `on_existing`."""
         store = context.get("task_state_store")
         previous = store.get(STATE_STORE_KEY) if store else None
-        if not isinstance(previous, str):
+        if not isinstance(previous, str) or not previous:
             return None
+        hook.trust(previous)  # recorded by an earlier try from the vendor's own answer
         try:
             status = hook.get_status(previous)
         except ExecutionApiError as err:

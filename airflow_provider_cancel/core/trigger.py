@@ -107,6 +107,7 @@ class ExecutionTrigger(BaseTrigger):
             if not (isinstance(hook_class, type) and issubclass(hook_class, ExecutionHook)):
                 raise TypeError(f"{self.hook_class} is not an ExecutionHook")
             self._hook = hook_class(self.conn_id)
+            self._hook.trust(self.execution_id)  # the operator got it from the vendor
         return self._hook
 
     def _event(self, kind: str, **fields: Any) -> TriggerEvent:

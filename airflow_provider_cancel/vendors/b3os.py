@@ -126,14 +126,6 @@ def idempotent_run_id(key: str) -> str:
     return "run_" + base64.b32encode(hashlib.sha256(key.encode()).digest()).decode().lower()[:26]
 
 
-def resolved_later(value: object) -> bool:
-    """A Jinja template or an XComArg (e.g. a TaskFlow task's output): known only at run time, checked then."""
-    # CORE-CHANGE-NEEDED: core.hook.is_template could answer this for every vendor (it misses XComArg values).
-    from airflow.sdk.definitions._internal.mixins import ResolveMixin
-
-    return is_template(value) or isinstance(value, ResolveMixin)
-
-
 def check_workflow_id(value: object, *, where: str = "workflow_id") -> str:
     if not isinstance(value, str) or not WORKFLOW_ID.fullmatch(value) or len(value) > 200:
         raise ProviderConfigError(f"{where} must be a B3OS workflow id like 'wf_abc123', got {short_repr(value)}")
@@ -311,7 +303,7 @@ class B3osHook(ExecutionHook):
         if run_id is not None and started.runId != run_id:
             self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started.runId, run_id,
                              started.runId)
-        return self.validate_execution_id(started.runId)
+        return self.trust(started.runId)
 
     def _adopt(self, run_id: str, workflow_id: str | None, duplicate: ExecutionApiError) -> str:
         """Our run id is taken: an earlier attempt of this very create made the run (its answer was lost).
@@ -334,7 +326,7 @@ class B3osHook(ExecutionHook):
             )
         self.log.info("B3OS run %s already exists (%s): an earlier attempt of this create made it; using it",
                       run_id, run.status)
-        return self.validate_execution_id(run.id)
+        return self.trust(run.id)
 
     # -- read ------------------------------------------------------------------------------------------
     def run_call(self, run_id: str, *, summary: bool, node_ids: Sequence[str] | None = None) -> ApiCall:
@@ -484,18 +476,18 @@ class B3osRunWorkflowOperator(ExecutionOperator):
             )
         if workflow_id is not None and prop_values is not None:
             raise ProviderConfigError(f"{where}: prop_values apply to an inline definition, not to a saved workflow")
-        if workflow_id is not None and not resolved_later(workflow_id):
+        if workflow_id is not None and not is_template(workflow_id):
             check_workflow_id(workflow_id, where=f"{where}: workflow_id")
-        if definition is not None and not resolved_later(definition):
+        if definition is not None and not is_template(definition):
             validate_definition(self._as_mapping(definition, "definition"), where=f"{where}: definition",
                                 skip_templates=True)
         for name in ("payload", "prop_values"):
             value = getattr(self, name)
-            if value is not None and not resolved_later(value):
+            if value is not None and not is_template(value):
                 self._as_mapping(value, name)
-        if version is not None and not resolved_later(version):
+        if version is not None and not is_template(version):
             self._version_number()
-        if output_node_ids is not None and not resolved_later(output_node_ids):
+        if output_node_ids is not None and not is_template(output_node_ids):
             self._node_ids()
 
     # -- argument checks -------------------------------------------------------------------------------
