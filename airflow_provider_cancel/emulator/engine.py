@@ -295,6 +295,7 @@ class Engine:
         config = self.config
         self.default_scenario = Scenario.parse(config.default_scenario)
         self.executions: dict[str, Execution] = {}
+        self.resources: dict[str, dict[str, Any]] = {}  # vendor -> what its routes keep besides executions
         self._idempotency: dict[tuple[str, str], str] = {}
         self.journal = Journal(config.journal_limit)
         self.rng = random.Random(config.seed)
@@ -524,9 +525,11 @@ class Call:
         data: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         execution_id: str | None = None,
+        source: str = "",
     ) -> Execution:
-        """Create an execution whose scenario comes from an ``emulate:`` marker in the body or query string."""
-        source = self.body.decode("utf-8", "replace") + " " + unquote_plus(self.request.url.query)
+        """Create an execution whose scenario comes from an ``emulate:`` marker in the body or query string
+        (or in ``source``: text the vendor stored earlier, e.g. a saved definition executed with no body)."""
+        source = " ".join((source, self.body.decode("utf-8", "replace"), unquote_plus(self.request.url.query)))
         ex = self.engine.create(
             self.vendor.name,
             execution_id or self.vendor.new_id(),
@@ -536,6 +539,11 @@ class Call:
         )
         self.execution_id = ex.id
         return ex
+
+    @property
+    def store(self) -> dict[str, Any]:
+        """This vendor's own resources (saved definitions...), forgotten on reset like the executions."""
+        return self.engine.resources.setdefault(self.vendor.name, {})
 
     def idempotent(self, key: str | None) -> Execution | None:
         """The execution an earlier create with this idempotency key made, if any (then answer with it)."""

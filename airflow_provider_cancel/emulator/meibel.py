@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated, Any
-from urllib.parse import unquote_plus
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -37,10 +35,8 @@ from airflow_provider_cancel.emulator.engine import (
     Action,
     ApiError,
     Call,
-    Engine,
     Execution,
     Handler,
-    Journal,
     State,
     VendorAPI,
 )
@@ -189,22 +185,13 @@ def _answer_422(handler: Handler) -> Handler:
 
 
 # -- batch definitions -------------------------------------------------------------------------------------------
-# Definitions live as long as the engine's current journal, i.e. until the next `POST /_emulator/reset`.
-# CORE-CHANGE-NEEDED: the engine has no per-vendor store that a reset clears; see the report.
-_DEFINITIONS: weakref.WeakKeyDictionary[Journal, dict[str, dict[str, Any]]] = weakref.WeakKeyDictionary()
-
-
-def _definitions(engine: Engine) -> dict[str, dict[str, Any]]:
-    return _DEFINITIONS.setdefault(engine.journal, {})
-
-
 @route("POST", "/batch-definitions", action="other")
 @_answer_422
 async def create_definition(call: Call) -> Response:
     """Create a batch definition; an ``emulate:`` marker in its body sets the scenario of its executions."""
     request: _CreateDefinition = _validated(_CreateDefinition, call)
     definition_id = str(uuid.uuid4())
-    _definitions(call.engine)[definition_id] = {
+    call.store[definition_id] = {
         **request.model_dump(), "id": definition_id, "source": call.body.decode("utf-8", "replace")
     }
     return JSONResponse({
@@ -221,8 +208,8 @@ async def execute_definition(call: Call) -> Response:
     definition_id = call.request.path_params["definition_id"]
     if definition_id == MISSING_DEFINITION_ID:
         raise ApiError(404, f"Batch definition {definition_id} not found")
-    definition = _definitions(call.engine).get(definition_id, {})
-    ex = _create(call, extra_source=definition.get("source", ""), data={
+    definition = call.store.get(definition_id, {})
+    ex = call.create(source=definition.get("source", ""), data={
         "batch_definition_id": definition_id,
         "agent": definition.get("agent_id"),
         "input_datasource_id": definition.get("input_datasource_id"),
@@ -231,18 +218,6 @@ async def execute_definition(call: Call) -> Response:
         "batch_spec_json": None,
     })
     return JSONResponse({"execution_id": ex.id, "workflow_id": ex.id})
-
-
-def _create(call: Call, *, extra_source: str, data: dict[str, Any]) -> Execution:
-    """Call.create, but the scenario may also come from the definition's stored body.
-
-    CORE-CHANGE-NEEDED: `Call.create(..., source=extra_source)` would replace this.
-    """
-    source = " ".join((extra_source, call.body.decode("utf-8", "replace"), unquote_plus(call.request.url.query)))
-    ex = call.engine.create(call.vendor.name, call.vendor.new_id(), scenario=call.engine.scenario_for(source),
-                            data=data)
-    call.execution_id = ex.id
-    return ex
 
 
 # -- batch executions --------------------------------------------------------------------------------------------
