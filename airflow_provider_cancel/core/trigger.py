@@ -26,6 +26,7 @@ from airflow_provider_cancel.core.poll import PollSchedule
 from airflow_provider_cancel.core.state import ExecutionState
 
 CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by default)
+STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s a 3.0-3.2 triggerer waits between SIGINT and SIGTERM at shutdown
 
 
 class TriggerOutcome(BaseModel):
@@ -174,14 +175,23 @@ class ExecutionTrigger(BaseTrigger):
         if ti is None:
             return False
         try:
-            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-            from asgiref.sync import sync_to_async
+            from airflow.sdk.execution_time import task_runner
+            from airflow.sdk.execution_time.comms import GetTaskStates
 
-            states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+            # Ask the supervisor asynchronously, as the SDK's own aget_connection does, and give up after a
+            # while: at a 3.2.2 triggerer shutdown the runner has already stopped reading its supervisor's
+            # replies (triggerer_job_runner.py:1032-1036), so no answer ever comes. The shield lets a reply that
+            # is merely late still be read (3.0-3.2.1 read replies in order, inside asend).
+            request = GetTaskStates(
                 dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
             )
-            state = states[ti.run_id][ti.task_id]
+            reply = await asyncio.wait_for(
+                asyncio.shield(task_runner.SUPERVISOR_COMMS.asend(request)), STATE_LOOKUP_TIMEOUT
+            )
+            # The Execution API keys a mapped task instance "<task_id>_<map_index>" (task_instances.py:1074).
+            key = ti.task_id if ti.map_index is None or ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
+            state = reply.task_states[ti.run_id][key]
         except Exception as err:
-            self.log.warning("Could not read the task's state; not cancelling %s: %s", self.execution_id, err)
+            self.log.warning("Could not read the task's state; not cancelling %s: %r", self.execution_id, err)
             return False
         return str(state) != "deferred"

@@ -16,7 +16,7 @@ from .airflow_stack import AirflowStack
 DAGS = Path(__file__).parent / "dags"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 E2E_KEY = "sk-E2E-SECRET-5d1c9b"
-VENDORS = ("dune",)
+VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +79,14 @@ def matrix() -> Iterator[Matrix]:
 
 def now() -> float:
     return time.time()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the kill-path tests vendor by vendor (one DAG run at a time), keeping the order within a vendor."""
+
+    def vendor_rank(item: pytest.Item) -> int:
+        callspec = getattr(item, "callspec", None)
+        vendor = callspec.params.get("vendor") if callspec else None
+        return VENDORS.index(vendor) if vendor in VENDORS else -1
+
+    items.sort(key=vendor_rank)

@@ -20,13 +20,17 @@ FINISH_DEADLINE = 240
 
 @pytest.fixture(scope="module")
 def runs(stack):
-    """Start one run of every vendor's DAG at once."""
-    run_ids = {}
-    for vendor in VENDORS:
-        stack.wait_dag(f"e2e_{vendor}", timeout=180)
-    for vendor in VENDORS:
-        run_ids[vendor] = stack.trigger(f"e2e_{vendor}")
-    return run_ids
+    """One run per vendor, started on first use: vendors go in waves of six concurrent tasks, which a 2-core
+    machine with SQLite sustains (thirty at once starve the Execution API)."""
+    started: dict[str, str] = {}
+
+    def run_of(vendor: str) -> str:
+        if vendor not in started:
+            stack.wait_dag(f"e2e_{vendor}", timeout=180)
+            started[vendor] = stack.trigger(f"e2e_{vendor}")
+        return started[vendor]
+
+    return run_of
 
 
 def execution_of(stack, emu, vendor: str, run_id: str, task_id: str) -> str:
@@ -59,7 +63,7 @@ def settle(stack, emu, execution_id: str, runner_pid: int | None = None) -> int:
     [("K1", "k1_sync_markfail", "running"), ("K6", "k6_defer_markfail", "deferred")],
 )
 def test_mark_failed_cancels_once(stack, emu_client, runs, matrix, vendor, path, task_id, live_state):
-    dag_id, run_id = f"e2e_{vendor}", runs[vendor]
+    dag_id, run_id = f"e2e_{vendor}", runs(vendor)
     stack.wait_ti(dag_id, run_id, task_id, {live_state}, timeout=FINISH_DEADLINE)
     execution_id = execution_of(stack, emu_client, vendor, run_id, task_id)
     stack.wait_ti(dag_id, run_id, task_id, {live_state}, timeout=30)
@@ -90,7 +94,7 @@ def test_mark_failed_cancels_once(stack, emu_client, runs, matrix, vendor, path,
     ("path", "task_id", "mode"), [("K4", "k4_sync_timeout", "running"), ("K7", "k7_defer_timeout", "deferred")]
 )
 def test_execution_timeout_cancels_once(stack, emu_client, runs, matrix, vendor, path, task_id, mode):
-    dag_id, run_id = f"e2e_{vendor}", runs[vendor]
+    dag_id, run_id = f"e2e_{vendor}", runs(vendor)
     execution_id = execution_of(stack, emu_client, vendor, run_id, task_id)
     ti = stack.wait_ti(
         dag_id, run_id, task_id, {"failed"}, timeout=FINISH_DEADLINE, fail_states={"success", "up_for_retry"}
@@ -119,7 +123,7 @@ def test_execution_timeout_cancels_once(stack, emu_client, runs, matrix, vendor,
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize(("task_id", "mode"), [("k13_sync_success", "running"), ("k13_defer_success", "deferred")])
 def test_success_never_cancels(stack, emu_client, runs, matrix, vendor, task_id, mode):
-    dag_id, run_id = f"e2e_{vendor}", runs[vendor]
+    dag_id, run_id = f"e2e_{vendor}", runs(vendor)
     stack.wait_ti(dag_id, run_id, task_id, {"success"}, timeout=FINISH_DEADLINE, fail_states={"failed"})
     execution_id = stack.xcom(dag_id, run_id, task_id, key="execution_id")
     result = stack.xcom(dag_id, run_id, task_id)

@@ -110,8 +110,12 @@ class Metadata:
         with self.lock:
             self.triggers[trigger_id].triggerer_id = triggerer_id
 
-    def trigger_log(self, trigger_id: int) -> str:
-        path = self.log_dir / f"trigger-{trigger_id}.log"
+    def log_path(self, trigger_id: int, job_id: int) -> Path:
+        """One log per trigger and triggerer job, as update_triggers names them (`...trigger.<job id>.log`)."""
+        return self.log_dir / f"trigger-{trigger_id}.trigger.{job_id}.log"
+
+    def trigger_log(self, trigger_id: int, job_id: int) -> str:
+        path = self.log_path(trigger_id, job_id)
         return path.read_text() if path.exists() else ""
 
     # -- what the triggerer's DB calls return -------------------------------------------------------------
@@ -129,7 +133,7 @@ class Metadata:
 
     def route_task_states(self, request: httpx.Request) -> httpx.Response:
         """GET /execution/task-instances/states, as execution_api/routes/task_instances.py
-        get_task_instance_states builds it (3.2.2 lines 1034-1079)."""
+        get_task_instance_states builds it (3.2.2 lines 1034-1080)."""
         assert request.url.path.endswith("/task-instances/states"), request.url
         params = request.url.params
         dag_id = params["dag_id"]
@@ -188,7 +192,7 @@ class DatabaselessSupervisor(TriggerRunnerSupervisor):
             row = rows[new_id]
             ser_ti = row.ti.dto()
             self.logger_cache[new_id] = TriggerLoggingFactory(
-                log_path=str(self.metadata.log_dir / f"trigger-{new_id}.log"), ti=ser_ti
+                log_path=str(self.metadata.log_path(new_id, self.job.id)), ti=ser_ti
             )
             self.creating_triggers.append(RunTrigger(id=new_id, ti=ser_ti, classpath=row.classpath,
                                                      encrypted_kwargs=row.encrypted_kwargs))
@@ -242,6 +246,10 @@ class LegacyTriggerer:
             self.supervisor.kill(escalation_delay=SHUTDOWN_ESCALATION_DELAY, force=True)
             self.shutdown_seconds = time.monotonic() - started
             self.exit_code = self.supervisor._exit_code
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def is_running(self, trigger_id: int) -> bool:
         assert self.supervisor is not None

@@ -18,7 +18,42 @@ def dune(task_id: str, scenario: str, **kw: Any) -> BaseOperator:
     return DuneRunQueryOperator(task_id=task_id, sql=f"SELECT 1 -- {task_id} emulate:{scenario}", **kw)
 
 
-FACTORIES: dict[str, Callable[..., BaseOperator]] = {"dune": dune}
+def izieroma(task_id: str, scenario: str, **kw: Any) -> BaseOperator:
+    from airflow_provider_cancel.vendors.izieroma import IzieromaRunOperator
+
+    return IzieromaRunOperator(task_id=task_id, goal=f"Research for {task_id} emulate:{scenario}", **kw)
+
+
+def bctrl(task_id: str, scenario: str, **kw: Any) -> BaseOperator:
+    from airflow_provider_cancel.vendors.bctrl import BctrlInvokeOperator
+
+    return BctrlInvokeOperator(
+        task_id=task_id,
+        space_id="5b0f6a57-4d1e-4c3a-9f0e-2d7c1b8a9e01",
+        runtime_id="a1c2e3f4-5b6d-4e7f-8091-a2b3c4d5e6f7",
+        steps=[{"call": "browser.goto", "args": ["https://example.com"]}],
+        metadata={"emulate": scenario},
+        **kw,
+    )
+
+
+def meibel(task_id: str, scenario: str, **kw: Any) -> BaseOperator:
+    from airflow_provider_cancel.vendors.meibel import MeibelRunBatchOperator
+
+    spec = {"name": task_id.replace("_", "-"), "agent": "agent-e2e", "input": {"datasource_id": "ds-e2e"},
+            "emulate": scenario}
+    return MeibelRunBatchOperator(task_id=task_id, batch_spec=spec, **kw)
+
+
+def b3os(task_id: str, scenario: str, **kw: Any) -> BaseOperator:
+    from airflow_provider_cancel.vendors.b3os import B3osRunWorkflowOperator
+
+    return B3osRunWorkflowOperator(task_id=task_id, workflow_id="wf_e2e", payload={"emulate": scenario}, **kw)
+
+
+FACTORIES: dict[str, Callable[..., BaseOperator]] = {
+    "dune": dune, "izieroma": izieroma, "bctrl": bctrl, "meibel": meibel, "b3os": b3os,
+}
 
 # task id -> (scenario, deferrable, execution_timeout)
 SCENARIOS = {
