@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, types, unit, emulator, integration (real HTTP on loopback) and end-to-end
-# (a real Airflow 3.3 stack started and torn down by the tests). Extra arguments go to pytest.
+# The whole test suite: lint; unit, emulator and integration tests (real HTTP on loopback); end-to-end on a
+# real Airflow 3.3 stack started and torn down by the tests; and the legacy (Airflow 3.2) deferred-kill proof.
+# Extra arguments go to every pytest run (e.g. -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-echo "== ruff"; ruff check airflow_provider_cancel tests example_dags scripts benchmarks
-echo "== pytest"; python -m pytest -p no:cacheprovider "$@"
+echo "== ruff"
+ruff check airflow_provider_cancel tests example_dags scripts benchmarks
+echo "== unit, emulator, integration (2 workers)"
+python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
+echo "== end-to-end on a real Airflow 3.3 (one stack; scenarios run concurrently inside it)"
+python -m pytest -p no:cacheprovider -m e2e "$@"
+echo "== legacy deferred-kill path on Airflow 3.2"
+bash scripts/test-legacy.sh "$@"
