@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"
-ruff check airflow_provider_cancel tests example_dags scripts benchmarks
+ruff check .
 echo "== unit, emulator, integration (2 workers)"
 python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
 echo "== end-to-end on a real Airflow 3.3 (one stack; scenarios run concurrently inside it)"
