@@ -33,14 +33,16 @@ def runs(stack):
     return run_of
 
 
-def execution_of(stack, emu, vendor: str, run_id: str, task_id: str) -> str:
-    """The execution id the task recorded in XCom, once the emulator has seen it polled."""
+def execution_of(stack, emu, vendor: str, run_id: str, task_id: str, *, polled: bool = True) -> str:
+    """The execution id the task recorded in XCom (once the emulator has seen it polled, if `polled`)."""
     dag_id = f"e2e_{vendor}"
     execution_id = stack.wait_until(
         lambda: stack.xcom(dag_id, run_id, task_id, key="execution_id"),
         timeout=FINISH_DEADLINE,
         message=f"{dag_id}.{task_id} recorded its execution id",
     )
+    if not polled:
+        return execution_id
     stack.wait_until(
         lambda: emu.journal(action="status", execution_id=execution_id),
         timeout=FINISH_DEADLINE,
@@ -95,7 +97,8 @@ def test_mark_failed_cancels_once(stack, emu_client, runs, matrix, vendor, path,
 )
 def test_execution_timeout_cancels_once(stack, emu_client, runs, matrix, vendor, path, task_id, mode):
     dag_id, run_id = f"e2e_{vendor}", runs(vendor)
-    execution_id = execution_of(stack, emu_client, vendor, run_id, task_id)
+    # On a loaded machine the deadline can pass before the first status poll: only the id is required.
+    execution_id = execution_of(stack, emu_client, vendor, run_id, task_id, polled=False)
     ti = stack.wait_ti(
         dag_id, run_id, task_id, {"failed"}, timeout=FINISH_DEADLINE, fail_states={"success", "up_for_retry"}
     )
@@ -139,3 +142,61 @@ def test_success_never_cancels(stack, emu_client, runs, matrix, vendor, task_id,
     )
     assert result, "the task returned its result to XCom"
     assert count == 0
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize(("task_id", "live_state"), [("k2_sync_marksuccess", "running"),
+                                                      ("k2_defer_marksuccess", "deferred")])
+def test_mark_success_cancels_once(stack, emu_client, runs, matrix, vendor, task_id, live_state):
+    """K2: the user says "success"; the remote execution must not keep running (cancel_on_kill=True)."""
+    dag_id, run_id = f"e2e_{vendor}", runs(vendor)
+    stack.wait_ti(dag_id, run_id, task_id, {live_state}, timeout=FINISH_DEADLINE)
+    execution_id = execution_of(stack, emu_client, vendor, run_id, task_id)
+    runner = stack.wait_task_pids(dag_id, run_id, task_id).runner if live_state == "running" else None
+    killed_at = now()
+    stack.set_ti_state(dag_id, run_id, task_id, "success")
+    cancel = stack.wait_until(lambda: emu_client.cancels(execution_id), timeout=KILL_DEADLINE,
+                              message=f"a cancel of {execution_id}")[0]
+    cancels = settle(stack, emu_client, execution_id, runner)
+    state = stack.ti(dag_id, run_id, task_id)["state"]
+    matrix.add(path="K2", vendor=vendor, mode=live_state, cancels=cancels, state=state,
+               latency=cancel["ts"] - killed_at, result="pass" if cancels == 1 and state == "success" else "FAIL")
+    assert cancels == 1
+    assert state == "success"  # the user's choice stands
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_sigterm_to_the_worker_cancels_and_never_reports_success(stack, emu_client, runs, matrix, vendor):
+    """K5: SIGTERM to the worker (supervisor forwards it; 3.3's handler calls on_kill and returns)."""
+    import os
+    import signal
+
+    dag_id, run_id, task_id = f"e2e_{vendor}", runs(vendor), "k5_sync_sigterm"
+    stack.wait_ti(dag_id, run_id, task_id, {"running"}, timeout=FINISH_DEADLINE)
+    execution_id = execution_of(stack, emu_client, vendor, run_id, task_id)
+    pids = stack.wait_task_pids(dag_id, run_id, task_id)
+    killed_at = now()
+    os.kill(pids.supervisor, signal.SIGTERM)
+    cancel = stack.wait_until(lambda: emu_client.cancels(execution_id), timeout=KILL_DEADLINE,
+                              message=f"a cancel of {execution_id}")[0]
+    ti = stack.wait_ti(dag_id, run_id, task_id, {"failed"}, timeout=FINISH_DEADLINE, fail_states={"success"})
+    cancels = settle(stack, emu_client, execution_id, pids.runner)
+    matrix.add(path="K5", vendor=vendor, mode="running", cancels=cancels, state=ti["state"],
+               latency=cancel["ts"] - killed_at, result="pass" if cancels == 1 else "FAIL")
+    assert cancels == 1
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_cancelled_remotely_fails_without_retry(stack, emu_client, runs, matrix, vendor):
+    """K11: someone else cancels the execution: the task fails at once (retries=2 are not used), saying so."""
+    dag_id, run_id, task_id = f"e2e_{vendor}", runs(vendor), "k11_remote_cancel"
+    ti = stack.wait_ti(dag_id, run_id, task_id, {"failed"}, timeout=FINISH_DEADLINE,
+                       fail_states={"success", "up_for_retry"})
+    execution_id = stack.xcom(dag_id, run_id, task_id, key="execution_id")
+    cancels = len(emu_client.cancels(execution_id))
+    log = stack.task_log(dag_id, run_id, task_id, ti["try_number"])
+    matrix.add(path="K11", vendor=vendor, mode="running", cancels=cancels, state=ti["state"], latency=None,
+               result="pass" if ti["try_number"] == 1 and cancels == 0 else "FAIL")
+    assert ti["try_number"] == 1
+    assert cancels == 0
+    assert "cancelled outside this task" in log

@@ -61,6 +61,10 @@ SCENARIOS = {
     "k4_sync_timeout": ("forever", False, TIMEOUT),
     "k6_defer_markfail": ("forever", True, None),
     "k7_defer_timeout": ("forever", True, TIMEOUT),
+    "k2_sync_marksuccess": ("forever", False, None),
+    "k2_defer_marksuccess": ("forever", True, None),
+    "k5_sync_sigterm": ("forever", False, None),
+    "k11_remote_cancel": ("remote_cancel:3", False, None),
     "k13_sync_success": ("succeed:3", False, None),
     "k13_defer_success": ("succeed:3", True, None),
 }
@@ -74,5 +78,6 @@ for vendor, factory in FACTORIES.items():
         max_active_tasks=len(SCENARIOS),
     ) as dag:
         for task_id, (scenario, deferrable, timeout) in SCENARIOS.items():
-            factory(task_id, scenario, deferrable=deferrable, execution_timeout=timeout, **FAST)
+            kw = {**FAST, "retries": 2} if task_id.startswith("k11") else FAST  # K11 must not retry anyway
+            factory(task_id, scenario, deferrable=deferrable, execution_timeout=timeout, **kw)
     globals()[dag.dag_id] = dag
