@@ -1,0 +1,307 @@
+"""Triggerer scale, one client process: N triggers in one event loop, run the way Airflow's triggerer runs them.
+
+Each trigger runs inside `TriggerRunner.run_trigger` (the triggerer's own wrapper) as one asyncio task of one
+event loop; hooks resolve their connection from AIRFLOW_CONN_* variables. The server (emulator or stand-in)
+is another process, so the CPU time read here (time.process_time: user + system, all threads) is the
+client's alone. Phases, all bounded in time: start N triggers spread evenly over one poll interval, let
+every trigger complete one more interval (pools warm, first-poll costs paid), then measure a window.
+
+Clients:
+  ours        ExecutionTrigger + DuneHook, polling the emulator's Dune status endpoint
+  databricks  DatabricksExecutionTrigger (its own aiohttp session per trigger) polling the runs/get stand-in
+  httpx       a minimal trigger on one shared plain `httpx.AsyncClient()` (default transport and limits)
+  aiohttp     a minimal trigger on one shared plain `aiohttp.ClientSession()` (the floor)
+  idle        a trigger that only sleeps: the triggerer's own memory per trigger
+
+Writes one JSON object to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from _common import API_KEY, percentile, rss_kb
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+OURS_HOOK = "airflow_provider_cancel.vendors.dune.DuneHook"
+
+
+class Meter:
+    """Counts completed polls, their latency, and how late each poll's sleep woke up (event-loop lag)."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.polls = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+        self.lateness: list[float] = []
+        self._sleep = asyncio.sleep
+
+    def wrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def polled(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception:
+                if self.recording:
+                    self.errors += 1
+                raise
+            if self.recording:
+                self.polls += 1
+                self.latencies.append(time.perf_counter() - start)
+            return result
+
+        return polled
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        start = time.perf_counter()
+        value = await self._sleep(delay, result)
+        if self.recording and delay > 0:
+            self.lateness.append(time.perf_counter() - start - delay)
+        return value
+
+
+class AsyncioWithMeteredSleep:
+    """Stands in for the `asyncio` module inside a trigger module: everything as is, but `sleep` is metered."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def sleep(self, delay: float, result: Any = None) -> Any:
+        return await self._meter.sleep(delay, result)
+
+
+# -- plain baselines -------------------------------------------------------------------------------------------
+
+_SHARED: dict[str, Any] = {}
+
+
+class PlainPollTrigger(BaseTrigger):
+    """The least a trigger can do: GET the Dune status, parse the JSON, sleep; on one shared client."""
+
+    meter: Meter
+
+    def __init__(self, kind: str, base_url: str, execution_id: str, interval: float) -> None:
+        super().__init__()
+        self.kind, self.base_url, self.execution_id, self.interval = kind, base_url, execution_id, interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("scale.PlainPollTrigger", {"kind": self.kind, "base_url": self.base_url,
+                                           "execution_id": self.execution_id, "interval": self.interval})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        url = f"{self.base_url}/api/v1/execution/{self.execution_id}/status"
+        headers = {"X-Dune-Api-Key": API_KEY}
+        if self.kind == "idle":  # no request at all: what the triggerer itself keeps per trigger
+            while True:
+                await self.meter.sleep(self.interval)
+                if self.interval < 0:
+                    yield TriggerEvent({})
+        if self.kind == "httpx":
+            import httpx
+
+            client = _SHARED.setdefault("httpx", httpx.AsyncClient())
+
+            async def get() -> Any:
+                response = await client.get(url, headers=headers)
+                response.raise_for_status()
+                return response.json()
+        else:
+            import aiohttp
+
+            session = _SHARED.setdefault("aiohttp", aiohttp.ClientSession())
+
+            async def get() -> Any:
+                async with session.get(url, headers=headers) as response:
+                    response.raise_for_status()
+                    return await response.json()
+
+        poll = self.meter.wrap(get)
+        while True:
+            try:
+                body = await poll()
+            except Exception:  # e.g. httpx's PoolTimeout when it falls behind: counted, and go on polling
+                body = {}
+            if body.get("is_execution_finished"):
+                yield TriggerEvent(body)
+                return
+            await self.meter.sleep(self.interval)
+
+
+# -- building the triggers -------------------------------------------------------------------------------------
+
+
+def build(client: str, meter: Meter, args: argparse.Namespace, ids: list[str]) -> tuple[list[BaseTrigger], Any]:
+    """The N triggers, instrumented; plus a coroutine function that pre-warms one-time costs (imports, config)."""
+    n, interval = args.n, args.interval
+    if client.startswith("ours"):
+        import httpx_aiohttp  # noqa: F401 - imported on first poll anyway; a one-time cost, not per execution
+
+        from airflow_provider_cancel.core import trigger as trigger_module
+        from airflow_provider_cancel.vendors.dune import DuneHook
+
+        if client == "ours-patched":
+            import patches
+
+            patches.apply()
+        DuneHook.aget_status = meter.wrap(DuneHook.aget_status)  # type: ignore[method-assign]
+        trigger_module.asyncio = AsyncioWithMeteredSleep(meter)  # type: ignore[attr-defined]
+        triggers: list[BaseTrigger] = [
+            trigger_module.ExecutionTrigger(
+                hook_class=OURS_HOOK, conn_id="dune_bench", execution_id=ids[i],
+                poll_interval=interval, max_poll_interval=interval,
+            )
+            for i in range(n)
+        ]
+
+        async def warm() -> None:
+            await DuneHook("dune_bench").aclient()
+
+        return triggers, warm
+    if client == "databricks":
+        from airflow.providers.databricks.hooks.databricks import DatabricksHook
+        from airflow.providers.databricks.triggers import databricks as trigger_module
+
+        DatabricksHook.a_get_run_state = meter.wrap(DatabricksHook.a_get_run_state)  # type: ignore[method-assign]
+        trigger_module.asyncio = AsyncioWithMeteredSleep(meter)  # type: ignore[attr-defined]
+        triggers = [
+            trigger_module.DatabricksExecutionTrigger(
+                run_id=i + 1, databricks_conn_id="databricks_bench", polling_period_seconds=int(interval)
+            )
+            for i in range(n)
+        ]
+
+        async def warm() -> None:
+            from airflow.providers.common.compat.connection import get_async_connection
+            from airflow.providers_manager import ProvidersManager
+
+            manager = ProvidersManager()
+            _ = manager.hooks["databricks"], manager.providers  # the user-agent lookup, once per process
+            await get_async_connection("databricks_bench")
+
+        return triggers, warm
+    PlainPollTrigger.meter = meter
+    if client == "httpx":
+        import httpx  # noqa: F401
+    elif client == "aiohttp":
+        import aiohttp  # noqa: F401
+    triggers = [PlainPollTrigger(client, args.url, ids[i], interval) for i in range(n)]
+
+    async def warm() -> None:
+        return None
+
+    return triggers, warm
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow.jobs.triggerer_job_runner import TriggerRunner
+
+    ids = json.loads(Path(args.ids_file).read_text()) if args.ids_file else [f"{i:026d}" for i in range(args.n)]
+    meter = Meter()
+    triggers, warm = build(args.client, meter, args, ids)
+    runner = TriggerRunner()
+    await warm()
+    gc.collect()
+    rss_base = rss_kb()
+
+    # Each trigger starts at its own random moment of the first interval, as deferred tasks arrive in a
+    # triggerer: no artificial batches of triggers that would wake together (and share loop iterations).
+    loop = asyncio.get_running_loop()
+    offsets = sorted(random.uniform(0, args.interval) for _ in range(args.n))
+    tasks: list[asyncio.Task[Any]] = []
+    began = loop.time()
+    for trigger_id, offset in enumerate(offsets):
+        wait = began + offset - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        runner.triggers[trigger_id] = {"name": f"bench-{trigger_id}", "events": 0}
+        tasks.append(asyncio.create_task(runner.run_trigger(trigger_id, triggers[trigger_id])))
+    del triggers
+    await asyncio.sleep(args.interval + args.settle)
+
+    rss_start = rss_kb()
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    meter.recording = True
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.sleep(args.window)
+    cpu1, wall1 = time.process_time(), time.perf_counter()
+    meter.recording = False
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+    rss_end = rss_kb()
+    ended = sum(task.done() for task in tasks)
+
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for shared in _SHARED.values():
+        close = getattr(shared, "aclose", None) or shared.close
+        await close()
+
+    wall = wall1 - wall0
+    expected = args.n * wall / args.interval
+    return {
+        "client": args.client,
+        "n": args.n,
+        "interval_s": args.interval,
+        "window_s": wall,
+        "polls": meter.polls,
+        "errors": meter.errors,
+        "triggers_ended_early": ended,
+        "cpu_s": cpu1 - cpu0,
+        "cpu_ms_per_poll": 1000 * (cpu1 - cpu0) / max(1, meter.polls),
+        "cpu_share": (cpu1 - cpu0) / wall,
+        "rss_base_kb": rss_base,
+        "rss_start_kb": rss_start,
+        "rss_end_kb": rss_end,
+        "kb_per_execution": (rss_end - rss_base) / args.n,
+        "poll_rate_ratio": meter.polls / expected if expected else 0.0,
+        "latency_p50_ms": 1000 * percentile(meter.latencies, 50),
+        "latency_p99_ms": 1000 * percentile(meter.latencies, 99),
+        "sleep_late_p50_ms": 1000 * percentile(meter.lateness, 50),
+        "sleep_late_p99_ms": 1000 * percentile(meter.lateness, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--client", required=True,
+                        choices=["ours", "ours-patched", "databricks", "httpx", "aiohttp", "idle"])
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--interval", type=float, required=True, help="seconds between two polls of one trigger")
+    parser.add_argument("--window", type=float, required=True, help="seconds measured")
+    parser.add_argument("--settle", type=float, default=1.0, help="extra seconds before the window")
+    parser.add_argument("--url", default="", help="Dune base URL for the plain clients")
+    parser.add_argument("--ids-file", default="", help="JSON list of execution ids")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", default="", help="write cProfile stats of the window to this file")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    random.seed(args.seed)
+    result = asyncio.run(measure(args))
+    Path(args.out).write_text(json.dumps(result))
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown of N finished triggers: nothing left to measure
+
+
+if __name__ == "__main__":
+    main()
