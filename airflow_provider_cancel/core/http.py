@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
+import ssl
 import time
 import urllib.parse
 import weakref
@@ -238,6 +240,7 @@ class ApiClient:
         if self._sync is None:
             self._sync = httpx.Client(
                 base_url=self.base_url,
+                verify=tls_context(),
                 timeout=self.timeouts.httpx(),
                 follow_redirects=False,
                 headers={"User-Agent": USER_AGENT},
@@ -364,6 +367,13 @@ def _describe(exc: BaseException | None) -> str:
     if isinstance(exc, ExecutionApiError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One TLS context per process, as httpx would build it: loading the CA bundle costs ~20 ms, which the
+    fresh client made in on_kill would otherwise pay before its cancel can leave (benchmarks/README.md)."""
+    return httpx.create_ssl_context()
 
 
 # -- shared async clients ------------------------------------------------------------------------------

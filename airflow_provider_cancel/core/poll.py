@@ -22,7 +22,7 @@ class PollSchedule:
     def delay(self, elapsed: float, rate_limit: RateLimit | None = None, *, now: float | None = None) -> float:
         """Seconds to wait before the next status read of an execution that has run `elapsed` seconds."""
         delay = min(self.maximum, max(self.initial, elapsed * LAG_RATIO))
-        delay *= random.uniform(0.9, 1.1)  # spread many tasks sharing one API key
+        delay *= random.uniform(0.9, 1.0)  # spread many tasks on one API key; never past the 10% lag bound
         if rate_limit is not None:
             now = time.time() if now is None else now
             if rate_limit.retry_after is not None:
