@@ -92,3 +92,19 @@ async def drive_trigger(trigger: Any, *, cancel_when: Callable[[], Any] | None =
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, max(1.0, deadline - time.monotonic()))
     return [entry.event.payload for entry in runner.events]
+
+
+def defer(task: Any, context: dict[str, Any]) -> Any:
+    """Run `task` until it defers; return its trigger rebuilt from its own serialized form, as Airflow does."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from airflow_provider_cancel.core.trigger import ExecutionTrigger
+
+    with pytest.raises(TaskDeferred) as deferred:
+        task.execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, ExecutionTrigger)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_cancel.core.trigger.ExecutionTrigger"
+    assert kwargs["hook_class"] == f"{task.hook_class.__module__}.{task.hook_class.__qualname__}"
+    return ExecutionTrigger(**kwargs)

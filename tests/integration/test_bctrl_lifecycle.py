@@ -33,7 +33,7 @@ from airflow_provider_cancel.vendors.bctrl import (
     BctrlInvokeOperator,
 )
 
-from .conftest import API_KEY, FakeStore, FakeTI, drive_trigger, make_context
+from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
 CONN = "bctrl_emu"
 SPACE = "5b0f6a57-4d1e-4c3a-9f0e-2d7c1b8a9e01"
@@ -386,15 +386,6 @@ def test_paths_switch_generation_in_one_place(emu):
 
 
 # -- deferrable lifecycle: the trigger driven as Airflow's triggerer drives it -----------------------------
-def defer(task: BctrlInvokeOperator, context: dict) -> ExecutionTrigger:
-    with pytest.raises(TaskDeferred) as deferred:
-        task.execute(context)
-    trigger = deferred.value.trigger
-    assert isinstance(trigger, ExecutionTrigger)
-    path, kwargs = trigger.serialize()
-    assert path == "airflow_provider_cancel.core.trigger.ExecutionTrigger"
-    assert kwargs["hook_class"] == "airflow_provider_cancel.vendors.bctrl.BctrlHook"
-    return ExecutionTrigger(**kwargs)
 
 
 async def test_deferred_success_resumes_with_the_result_and_no_cancel(emu):

@@ -21,7 +21,7 @@ from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.dune import DuneExecutionSensor, DuneHook, DuneRunQueryOperator
 
-from .conftest import API_KEY, FakeStore, FakeTI, drive_trigger, make_context
+from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
 CONN = "dune_emu"
 
@@ -183,15 +183,6 @@ def test_test_connection(emulator):
 
 
 # -- deferrable lifecycle: the trigger driven as Airflow's triggerer drives it -----------------------------
-def defer(task: DuneRunQueryOperator, ctx: dict) -> ExecutionTrigger:
-    with pytest.raises(TaskDeferred) as deferred:
-        task.execute(ctx)
-    trigger = deferred.value.trigger
-    assert isinstance(trigger, ExecutionTrigger)
-    # What Airflow stores and rebuilds: the trigger must survive its own serialization.
-    path, kwargs = trigger.serialize()
-    assert path == "airflow_provider_cancel.core.trigger.ExecutionTrigger"
-    return ExecutionTrigger(**kwargs)
 
 
 async def test_deferred_success_resumes_with_the_result_and_no_cancel(emu):

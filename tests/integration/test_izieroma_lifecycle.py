@@ -37,7 +37,7 @@ from airflow_provider_cancel.vendors.izieroma import (
     percent,
 )
 
-from .conftest import API_KEY, FakeStore, FakeTI, drive_trigger, make_context
+from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
 CONN = "izieroma_emu"
 VENDOR = "izieroma"
@@ -342,15 +342,6 @@ def test_test_connection(emulator):
 
 
 # -- deferrable lifecycle: the trigger driven as Airflow's triggerer drives it -----------------------------
-def defer(task: IzieromaRunOperator, ctx: dict) -> ExecutionTrigger:
-    with pytest.raises(TaskDeferred) as deferred:
-        task.execute(ctx)
-    trigger = deferred.value.trigger
-    assert isinstance(trigger, ExecutionTrigger)
-    path, kwargs = trigger.serialize()
-    assert path == "airflow_provider_cancel.core.trigger.ExecutionTrigger"
-    assert kwargs["hook_class"] == "airflow_provider_cancel.vendors.izieroma.IzieromaHook"
-    return ExecutionTrigger(**kwargs)
 
 
 async def test_deferred_success_resumes_with_the_result_and_no_cancel(emu):
