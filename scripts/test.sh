@@ -8,6 +8,8 @@ bash scripts/setup.sh
 . .venv/bin/activate
 echo "== ruff"
 ruff check .
+echo "== mypy"
+mypy
 echo "== unit, emulator, integration (2 workers)"
 python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
 echo "== end-to-end on a real Airflow 3.3 (one stack; scenarios run concurrently inside it)"

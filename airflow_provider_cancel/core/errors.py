@@ -27,7 +27,7 @@ class ExecutionApiError(AirflowException):
         self.vendor = vendor
         self.method = method
         self.path = path
-        self.status_code = status_code
+        self.status_code: int | None = status_code  # type: ignore[assignment]  # the vendor's HTTP status, not ours
         self.message = message
         self.code = code
         self.request_id = request_id

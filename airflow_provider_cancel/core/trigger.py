@@ -29,10 +29,13 @@ CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by defaul
 STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s a 3.0-3.2 triggerer waits between SIGINT and SIGTERM at shutdown
 
 
+OutcomeKind = Literal["terminal", "timeout", "error"]
+
+
 class TriggerOutcome(BaseModel):
     """The event payload; validated again by the operator, so a malformed event fails loudly."""
 
-    kind: Literal["terminal", "timeout", "error"]
+    kind: OutcomeKind
     execution_id: str
     state: ExecutionState | None = None
     vendor_status: str | None = None
@@ -111,7 +114,7 @@ class ExecutionTrigger(BaseTrigger):
             self._hook.trust(self.execution_id)  # the operator got it from the vendor
         return self._hook
 
-    def _event(self, kind: str, **fields: Any) -> TriggerEvent:
+    def _event(self, kind: OutcomeKind, **fields: Any) -> TriggerEvent:
         return TriggerEvent(TriggerOutcome(kind=kind, execution_id=self.execution_id, **fields).model_dump(mode="json"))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -190,7 +193,7 @@ class ExecutionTrigger(BaseTrigger):
             )
             # The Execution API keys a mapped task instance "<task_id>_<map_index>" (task_instances.py:1074).
             key = ti.task_id if ti.map_index is None or ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
-            state = reply.task_states[ti.run_id][key]
+            state = reply.task_states[ti.run_id][key]  # type: ignore[union-attr]  # not a TaskStatesResult: caught below
         except Exception as err:
             self.log.warning("Could not read the task's state; not cancelling %s: %r", self.execution_id, err)
             return False
