@@ -46,6 +46,7 @@ STATE_STORE_KEY = "airflow_provider_cancel.execution_id"
 KILL_TIMEOUTS = ClientTimeouts(connect=2.0, read=2.5)
 # Extra time past the task's deadline before Airflow's own defer timeout fires as a backstop (K8).
 DEFER_BACKSTOP = timedelta(minutes=5)
+STOP_WAIT = 120.0  # how long a new try waits for an earlier try's cancelled execution to end before starting
 PROGRESS_HEARTBEAT = 300.0  # log "still running" at least this often even when nothing changes
 
 OnExisting = Literal["reattach", "cancel"]
@@ -198,7 +199,7 @@ class ExecutionOperator(BaseOperator):
             status = status or hook.get_status(self.execution_id)
             if not status.state.is_terminal:
                 self._defer(context)
-        return self._finish(hook, self._poll(hook, context, status))
+        return self._finish(hook, context, self._poll(hook, context, status))
 
     def _poll(self, hook: ExecutionHook, context: Context, status: ExecutionStatus | None) -> ExecutionStatus:
         assert self.execution_id is not None
@@ -227,12 +228,19 @@ class ExecutionOperator(BaseOperator):
             status = None
             self._sleep(delay)
 
-    def _finish(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    def _finish(self, hook: ExecutionHook, context: Context, status: ExecutionStatus) -> Any:
         self._ended = True
         name = f"{hook.vendor} execution {status.execution_id}"
         if status.state is ExecutionState.SUCCEEDED:
             self.log.info("%s succeeded (%s)", name, status.vendor_status)
             return self.fetch_result(hook, status)
+        if status.state is ExecutionState.CANCELLED and self._started_by_earlier_try(context):
+            # Adopted from an earlier try whose own kill (clear, mark failed, a deferred trigger's on_kill racing
+            # this try's start) may be what cancelled it: this try has started nothing yet, so start once.
+            self.log.warning("%s, adopted from an earlier try, ended cancelled (%s): starting a new execution",
+                             name, status.vendor_status)
+            self._record(context, self.start_execution(hook, context), new=True)
+            return self._wait(hook, context, None)
         if status.state is ExecutionState.CANCELLED:
             raise ExecutionCancelledRemotely(
                 f"{name} was cancelled outside this task ({status.vendor_status})"
@@ -282,24 +290,24 @@ class ExecutionOperator(BaseOperator):
                 f"{self.hook.vendor} execution {outcome.execution_id} ran past the task's execution_timeout "
                 f"while deferred; cancel {outcome.cancel_result or 'not sent (cancel_on_kill=False)'}"
             )
-        return self._guarded(context, lambda: self._complete(outcome))
+        return self._guarded(context, lambda: self._complete(context, outcome))
 
-    def _complete(self, outcome: Any) -> Any:
+    def _complete(self, context: Context, outcome: Any) -> Any:
         hook = self.hook
         assert self.execution_id is not None
         if outcome.kind == "error":
             raise AirflowException(f"Waiting for {hook.vendor} execution {self.execution_id} failed: {outcome.message}")
         # Re-read once on the worker: the event stays small and the result comes from fresh data.
-        return self._finish(hook, hook.get_status(self.execution_id))
+        return self._finish(hook, context, hook.get_status(self.execution_id))
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         if next_method == "__fail__":  # the defer timeout fired or the trigger crashed: nobody is watching
-            recorded = self.execution_id or self._recorded_id(context)
+            recorded = self.execution_id or self._recorded(context)[0]
             self.execution_id = self.hook.trust(recorded) if recorded else None
             self._cancel_once("the trigger failed or timed out")
         return super().resume_execution(next_method, next_kwargs, context)
 
-    # -- recording and adoption (K9) -------------------------------------------------------------------
+    # -- recording and adoption (K3, K9) ---------------------------------------------------------------
     def _record(self, context: Context, execution_id: str, *, new: bool) -> None:
         self.execution_id = execution_id
         self._ended = False
@@ -312,29 +320,42 @@ class ExecutionOperator(BaseOperator):
             for link in self.operator_extra_links:  # Airflow fills links only at the end of a segment
                 ti.xcom_push(key=link.xcom_key, value=url)
             self.log.info("Follow it at %s", url)
-        if store := context.get("task_state_store"):
+        if new and (store := context.get("task_state_store")):
+            # Before any poll: a later try (after a crash or a clear) finds it here, even if this worker dies.
             try:
-                store.set(STATE_STORE_KEY, execution_id)
+                store.set(STATE_STORE_KEY, {"execution_id": execution_id, "try_number": ti.try_number})
             except Exception as err:  # an older store API or backend: XCom still holds the id
                 self.log.warning("Could not record the execution id in task_state_store: %s", err)
 
-    def _recorded_id(self, context: Context) -> str | None:
+    def _recorded(self, context: Context) -> tuple[str | None, int | None]:
+        """The execution id recorded by this task instance, and the try that started it (if known)."""
         if store := context.get("task_state_store"):
             try:
                 value = store.get(STATE_STORE_KEY)
-                if isinstance(value, str):
-                    return value
             except Exception as err:
                 self.log.warning("Could not read task_state_store: %s", err)
+            else:
+                if isinstance(value, dict) and isinstance(recorded := value.get("execution_id"), str):
+                    try_number = value.get("try_number")
+                    return recorded, try_number if isinstance(try_number, int) else None
+                if isinstance(value, str):  # recorded by an earlier version of this provider
+                    return value, None
         ti = context["ti"]
         value = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_EXECUTION_ID, map_indexes=ti.map_index)
-        return value if isinstance(value, str) else None
+        return (value if isinstance(value, str) else None), None
+
+    def _started_by_earlier_try(self, context: Context) -> bool:
+        if not context.get("task_state_store"):
+            return False
+        recorded, try_number = self._recorded(context)
+        return recorded == self.execution_id and try_number is not None and try_number < context["ti"].try_number
 
     def _adopt_existing(self, hook: ExecutionHook, context: Context) -> ExecutionStatus | None:
-        """A live execution left by an earlier try of this task: reattach or cancel it, per `on_existing`."""
-        store = context.get("task_state_store")
-        previous = store.get(STATE_STORE_KEY) if store else None
-        if not isinstance(previous, str) or not previous:
+        """An execution left by an earlier try of this task: reattach to it or cancel it, per `on_existing`.
+
+        Either way never two live executions: one that is still stopping is waited for before a new start."""
+        previous = self._recorded(context)[0] if context.get("task_state_store") else None
+        if not previous:
             return None
         hook.trust(previous)  # recorded by an earlier try from the vendor's own answer
         try:
@@ -342,17 +363,33 @@ class ExecutionOperator(BaseOperator):
         except ExecutionApiError as err:
             self.log.warning("An earlier try recorded %s execution %s, unreadable now (%s)", hook.vendor, previous, err)
             return None
-        if status.state.is_terminal or status.state is ExecutionState.CANCELLING:
+        if status.state.is_terminal:
             return None
-        if self.on_existing == "reattach":
+        if status.state is not ExecutionState.CANCELLING and self.on_existing == "reattach":
             self.log.info("An earlier try's %s execution %s is still %s: reattaching", hook.vendor, previous,
                           status.describe())
             self._record(context, previous, new=False)
             return status
-        self.log.info("An earlier try's %s execution %s is still %s: cancelling it before starting afresh",
-                      hook.vendor, previous, status.describe())
-        hook.cancel(previous)
+        if status.state is not ExecutionState.CANCELLING:
+            self.log.info("An earlier try's %s execution %s is still %s: cancelling it before starting afresh",
+                          hook.vendor, previous, status.describe())
+            hook.cancel(previous)
+        self._wait_until_stopped(hook, previous)
         return None
+
+    def _wait_until_stopped(self, hook: ExecutionHook, execution_id: str) -> None:
+        """Wait (bounded) for a cancelled execution to end, so that a new start never overlaps it."""
+        schedule = PollSchedule(self.poll_interval, self.max_poll_interval)
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < STOP_WAIT:
+            status = hook.get_status(execution_id)
+            if status.state.is_terminal:
+                self.log.info("The earlier %s execution %s has stopped (%s)", hook.vendor, execution_id,
+                              status.vendor_status)
+                return
+            self._sleep(schedule.delay(elapsed, hook.client.rate_limit))
+        self.log.warning("The earlier %s execution %s is still stopping after %s; starting anyway", hook.vendor,
+                         execution_id, format_duration(STOP_WAIT))
 
     # -- killing ---------------------------------------------------------------------------------------
     def _guarded(self, context: Context, wait: Any) -> Any:

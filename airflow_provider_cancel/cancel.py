@@ -1,0 +1,126 @@
+"""Cancel remote executions by id, on any of the five connection types: the building block of clean-up DAGs.
+
+    from airflow_provider_cancel.cancel import CancelExecutionOperator
+
+    CancelExecutionOperator(
+        task_id="cancel_leftovers",
+        conn_id="dune_default",  # the connection's type picks the vendor
+        execution_ids="{{ ti.xcom_pull(task_ids='run_query', key='execution_id') }}",
+        trigger_rule="all_done",
+    )
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_cancel.core.errors import ProviderConfigError
+from airflow_provider_cancel.core.operator import format_duration
+from airflow_provider_cancel.core.poll import PollSchedule
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_cancel.core.hook import ExecutionHook
+
+
+def hook_for_connection(conn_id: str) -> ExecutionHook:
+    """The vendor hook for a connection of one of this provider's types (dune, izieroma, bctrl, meibel, b3os)."""
+    from airflow.sdk.module_loading import import_string
+
+    from airflow_provider_cancel.get_provider_info import _HOOKS
+
+    conn_type = BaseHook.get_connection(conn_id).conn_type
+    if conn_type not in _HOOKS:
+        raise ProviderConfigError(
+            f"Connection {conn_id!r} has type {conn_type!r}; expected one of {', '.join(sorted(_HOOKS))}"
+        )
+    hook: ExecutionHook = import_string(_HOOKS[conn_type][1])(conn_id)
+    return hook
+
+
+class CancelExecutionOperator(BaseOperator):
+    """Cancel one or more remote executions by id and (by default) wait until each has stopped.
+
+    Returns ``{execution_id: final state}`` (``cancelled``, ``succeeded``, ``failed``, or ``not_found``) to XCom.
+    Ids that are ``None`` or empty lists are skipped (an upstream task that never started one), so a clean-up
+    task with ``trigger_rule="all_done"`` can pull ids that may not exist. Every id is checked against the
+    vendor's format before the first request.
+
+    :param conn_id: a connection of type dune, izieroma, bctrl, meibel or b3os; its type picks the vendor (templated).
+    :param execution_ids: one id or a list of ids (templated), e.g. an upstream task's ``execution_id`` XCom.
+    :param wait_for_termination: after the cancel requests, wait until every execution has ended (some vendors
+        cancel asynchronously), up to ``termination_timeout`` seconds.
+    :param termination_timeout: how long to wait for the executions to end; the task fails if one is still live.
+    :param poll_interval: first delay between status reads while waiting, in seconds.
+    """
+
+    template_fields: Sequence[str] = ("conn_id", "execution_ids")
+    ui_color = "#ffe4e1"
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        execution_ids: str | Sequence[str] | None,
+        wait_for_termination: bool = True,
+        termination_timeout: float = 300.0,
+        poll_interval: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if termination_timeout <= 0 or poll_interval <= 0:
+            raise ProviderConfigError(f"{self.task_id}: termination_timeout and poll_interval must be positive")
+        self.conn_id = conn_id
+        self.execution_ids = execution_ids
+        self.wait_for_termination = wait_for_termination
+        self.termination_timeout = termination_timeout
+        self.poll_interval = poll_interval
+
+    def _ids(self, hook: ExecutionHook) -> list[str]:
+        raw = self.execution_ids
+        values = [] if raw is None else [raw] if isinstance(raw, str) else list(raw)
+        return list(dict.fromkeys(hook.validate_execution_id(value) for value in values if value is not None))
+
+    def execute(self, context: Context) -> dict[str, str]:
+        from airflow_provider_cancel.core.hook import CancelOutcome
+
+        hook = hook_for_connection(self.conn_id)
+        ids = self._ids(hook)  # all checked before the first request
+        if not ids:
+            self.log.info("No %s execution ids given: nothing to cancel", hook.vendor)
+            return {}
+        results: dict[str, str] = {}
+        for execution_id in ids:
+            outcome = hook.cancel(execution_id)
+            self.log.info("%s execution %s: cancel %s", hook.vendor, execution_id, outcome.value)
+            if outcome is CancelOutcome.NOT_FOUND:
+                results[execution_id] = "not_found"
+        live = [execution_id for execution_id in ids if execution_id not in results]
+        results.update(self._final_states(hook, live))
+        return results
+
+    def _final_states(self, hook: ExecutionHook, ids: list[str]) -> dict[str, str]:
+        schedule = PollSchedule(self.poll_interval, max(self.poll_interval, 30.0))
+        started = time.monotonic()
+        states: dict[str, str] = {}
+        while True:
+            for execution_id in [i for i in ids if i not in states]:
+                status = hook.get_status(execution_id)
+                if status.state.is_terminal or not self.wait_for_termination:
+                    states[execution_id] = status.state.value
+            if len(states) == len(ids):
+                return states
+            elapsed = time.monotonic() - started
+            if elapsed >= self.termination_timeout:
+                still = sorted(set(ids) - set(states))
+                raise AirflowException(
+                    f"{hook.vendor} executions {', '.join(still)} still not ended {format_duration(elapsed)} "
+                    "after their cancel was requested"
+                )
+            time.sleep(min(schedule.delay(elapsed, hook.client.rate_limit), self.termination_timeout - elapsed))

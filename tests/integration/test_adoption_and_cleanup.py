@@ -1,0 +1,157 @@
+"""A new try meeting an earlier try's execution (K3 clear, K9 crash), and the cancel-by-id operator: all vendors.
+
+The emulator's journal is the witness: how many executions were created, which were cancelled, and in which order
+(a new execution is never created while an earlier one of the same task is still live).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+
+from airflow_provider_cancel.cancel import CancelExecutionOperator
+from airflow_provider_cancel.core.errors import ExecutionCancelledRemotely, ProviderConfigError
+from airflow_provider_cancel.core.operator import STATE_STORE_KEY
+
+from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, make_context
+from .vendor_ops import scenario_operator
+
+pytestmark = pytest.mark.parametrize("vendor", VENDORS)
+
+
+def tries(task_id: str) -> tuple[FakeStore, FakeTI, FakeTI]:
+    """One task instance's store (shared by its tries) and its tries 1 and 2."""
+    return FakeStore(), FakeTI(task_id, try_number=1), FakeTI(task_id, try_number=2)
+
+
+def started_by_try_one(vendor: str, scenario: str, task_id: str, store: FakeStore, ti: FakeTI) -> str:
+    """What an earlier try leaves behind when its worker dies: a started execution, recorded before polling."""
+    execution_id = scenario_operator(vendor, scenario, task_id=task_id, wait_for_completion=False).execute(
+        make_context(ti, store)
+    )
+    assert store.values[STATE_STORE_KEY] == {"execution_id": execution_id, "try_number": 1}
+    return execution_id
+
+
+def fresh_task(prefix: str) -> tuple[str, FakeStore, FakeTI]:
+    task_id = f"{prefix}-{uuid.uuid4().hex[:8]}"  # its own idempotency key
+    return task_id, FakeStore(), FakeTI(task_id)
+
+
+def journal_ids(emu, vendor: str, action: str) -> list[str]:
+    return [entry["execution_id"] for entry in emu.journal(vendor=vendor, action=action)]
+
+
+def test_an_adopted_execution_cancelled_by_the_earlier_try_is_restarted_once(emu, vendor):
+    """K3: try 2 reattaches while try 1's cancel is still landing (a vendor can report "running" for a while
+    after accepting a cancel): when that execution then ends cancelled, try 2 starts its own, once."""
+    task_id = f"adopt-{uuid.uuid4().hex[:8]}"
+    store, ti1, ti2 = tries(task_id)
+    first = started_by_try_one(vendor, "remote_cancel:2", task_id, store, ti1)
+    result = scenario_operator(vendor, "succeed:2", task_id=task_id).execute(make_context(ti2, store))
+    created = [i for i in journal_ids(emu, vendor, "create") if i != first]
+    second = store.values[STATE_STORE_KEY]
+    assert second["try_number"] == 2 and second["execution_id"] != first
+    assert second["execution_id"] in created
+    assert emu.execution(first)["state"] == "cancelled"
+    assert emu.execution(second["execution_id"])["state"] == "succeeded"
+    assert result is not None
+
+
+def test_an_execution_this_try_started_and_someone_cancelled_fails_without_restart(emu, vendor):
+    """K11 holds for the try's own execution: cancelled remotely -> fails, no second start."""
+    task_id = f"own-{uuid.uuid4().hex[:8]}"
+    store, ti1, _ = tries(task_id)
+    task = scenario_operator(vendor, "remote_cancel:2", task_id=task_id)
+    with pytest.raises(ExecutionCancelledRemotely, match="cancelled outside this task"):
+        task.execute(make_context(ti1, store))
+    assert store.values[STATE_STORE_KEY] == {"execution_id": task.execution_id, "try_number": 1}
+    assert len(emu.executions(vendor=vendor)) == len({*journal_ids(emu, vendor, "create")})  # nothing restarted
+
+
+async def test_a_deferred_adopted_execution_cancelled_is_restarted_and_deferred_again(emu, vendor):
+    task_id = f"defer-{uuid.uuid4().hex[:8]}"
+    store, ti1, ti2 = tries(task_id)
+    first = started_by_try_one(vendor, "remote_cancel:2", task_id, store, ti1)
+    ctx = make_context(ti2, store)
+    with pytest.raises(TaskDeferred) as deferred:
+        scenario_operator(vendor, "forever", task_id=task_id, deferrable=True).execute(ctx)
+    assert deferred.value.trigger.execution_id == first  # reattached, not restarted yet
+    [event] = await drive_trigger(deferred.value.trigger)
+    assert event["state"] == "cancelled"
+    resumed = scenario_operator(vendor, "forever", task_id=task_id, deferrable=True)
+    with pytest.raises(TaskDeferred) as again:
+        resumed.execute_complete(ctx, event)
+    second = again.value.trigger.execution_id
+    assert second != first and store.values[STATE_STORE_KEY] == {"execution_id": second, "try_number": 2}
+    resumed.on_kill()  # clean up: the new execution is this try's own
+    assert len(emu.cancels(second)) == 1 and emu.cancels(first) == []
+
+
+def test_on_existing_cancel_waits_for_the_orphan_to_stop_before_starting(emu, vendor):
+    """K9 with on_existing="cancel": the orphan is cancelled and seen ended before the new create (async
+    cancels — bctrl, meibel — answer "cancelling" first)."""
+    task_id = f"orphan-{uuid.uuid4().hex[:8]}"
+    store, ti1, ti2 = tries(task_id)
+    orphan = started_by_try_one(vendor, "forever", task_id, store, ti1)
+    scenario_operator(vendor, "succeed:1", task_id=task_id, on_existing="cancel").execute(make_context(ti2, store))
+    journal = emu.journal(vendor=vendor)
+    cancel_at = next(i for i, e in enumerate(journal) if e["action"] == "cancel" and e["execution_id"] == orphan)
+    fresh = store.values[STATE_STORE_KEY]["execution_id"]
+    create_at = next(i for i, e in enumerate(journal) if e["action"] == "create" and e["execution_id"] == fresh)
+    stopped_at = next(i for i, e in enumerate(journal) if e["execution_id"] == orphan and i > cancel_at
+                      and e["action"] == "status")
+    assert cancel_at < stopped_at < create_at
+    assert len(emu.cancels(orphan)) == 1 and emu.execution(orphan)["state"] == "cancelled"
+
+
+def test_cancel_by_id_cancels_waits_and_reports(emu, vendor):
+    live = started_by_try_one(vendor, "forever", *fresh_task("c"))
+    done = started_by_try_one(vendor, "fail@0s", *fresh_task("d"))
+    task = CancelExecutionOperator(task_id="cleanup", conn_id=f"{vendor}_emu", execution_ids=[live, None, done, live],
+                                   poll_interval=0.05)
+    result = task.execute(make_context())
+    assert result == {live: "cancelled", done: "failed"}
+    assert len(emu.cancels(live)) == 1
+    assert emu.execution(live)["state"] == "cancelled"
+
+
+def test_cancel_by_id_refuses_bad_ids_before_any_request(emu, vendor):
+    before = len(emu.journal(vendor=vendor))
+    for bad in ("", "../etc/passwd", "a b", "x" * 10_000):
+        task = CancelExecutionOperator(task_id="cleanup", conn_id=f"{vendor}_emu", execution_ids=["ok-looking", bad])
+        with pytest.raises(ProviderConfigError):
+            task.execute(make_context())
+    assert len(emu.journal(vendor=vendor)) == before
+
+
+def test_cancel_by_id_refuses_a_foreign_connection_type(emu, vendor, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_NOT_OURS", json.dumps({"conn_type": "http", "host": "example.com"}))
+    task = CancelExecutionOperator(task_id="cleanup", conn_id="not_ours", execution_ids=["x"])
+    with pytest.raises(ProviderConfigError, match="'not_ours' has type 'http'"):
+        task.execute(make_context())
+    assert os.environ["AIRFLOW_CONN_NOT_OURS"]
+
+
+def test_cancel_by_id_with_nothing_to_cancel_does_nothing(emu, vendor):
+    before = len(emu.journal(vendor=vendor))
+    assert CancelExecutionOperator(task_id="c", conn_id=f"{vendor}_emu", execution_ids=None).execute(
+        make_context()
+    ) == {}
+    assert len(emu.journal(vendor=vendor)) == before
+
+
+def test_cancel_by_id_fails_when_an_execution_outlives_the_wait(emu, vendor, monkeypatch):
+    from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook
+
+    live = started_by_try_one(vendor, "forever", *fresh_task("s"))
+    monkeypatch.setattr(ExecutionHook, "cancel", lambda self, execution_id, **_: CancelOutcome.REQUESTED)  # ignored
+    task = CancelExecutionOperator(task_id="c", conn_id=f"{vendor}_emu", execution_ids=live, poll_interval=0.05,
+                                   termination_timeout=0.5)
+    with pytest.raises(AirflowException, match="still not ended"):
+        task.execute(make_context())
+    scenario_operator(vendor, "forever").hook.cancel(live)  # leave nothing running
