@@ -233,7 +233,9 @@ class ExecutionOperator(BaseOperator):
         name = f"{hook.vendor} execution {status.execution_id}"
         if status.state is ExecutionState.SUCCEEDED:
             self.log.info("%s succeeded (%s)", name, status.vendor_status)
-            return self.fetch_result(hook, status)
+            result = self.fetch_result(hook, status)
+            self._forget(context)
+            return result
         if status.state is ExecutionState.CANCELLED and self._started_by_earlier_try(context):
             # Adopted from an earlier try whose own kill (clear, mark failed, a deferred trigger's on_kill racing
             # this try's start) may be what cancelled it: this try has started nothing yet, so start once.
@@ -344,6 +346,14 @@ class ExecutionOperator(BaseOperator):
         value = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_EXECUTION_ID, map_indexes=ti.map_index)
         return (value if isinstance(value, str) else None), None
 
+    def _forget(self, context: Context) -> None:
+        """Done with it: a later clear of this task runs anew instead of adopting a finished execution."""
+        if store := context.get("task_state_store"):
+            try:
+                store.delete(STATE_STORE_KEY)
+            except Exception as err:
+                self.log.warning("Could not clear the execution id from task_state_store: %s", err)
+
     def _started_by_earlier_try(self, context: Context) -> bool:
         if not context.get("task_state_store"):
             return False
@@ -363,8 +373,14 @@ class ExecutionOperator(BaseOperator):
         except ExecutionApiError as err:
             self.log.warning("An earlier try recorded %s execution %s, unreadable now (%s)", hook.vendor, previous, err)
             return None
+        if status.state is ExecutionState.SUCCEEDED and self.on_existing == "reattach":
+            # The earlier try died after the remote work was done (a success clears the record): use it.
+            self.log.info("An earlier try's %s execution %s already succeeded: using its result", hook.vendor,
+                          previous)
+            self._record(context, previous, new=False)
+            return status
         if status.state.is_terminal:
-            return None
+            return None  # failed or cancelled: this retry runs it again
         if status.state is not ExecutionState.CANCELLING and self.on_existing == "reattach":
             self.log.info("An earlier try's %s execution %s is still %s: reattaching", hook.vendor, previous,
                           status.describe())

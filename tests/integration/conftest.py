@@ -53,6 +53,9 @@ class FakeStore:
     def set(self, key: str, value: Any, **_: Any) -> None:
         self.values[key] = value
 
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
 
 class FakeTI:
     def __init__(self, task_id: str = "t", try_number: int = 1) -> None:

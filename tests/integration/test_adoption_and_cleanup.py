@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
 from airflow_provider_cancel.cancel import CancelExecutionOperator
 from airflow_provider_cancel.core.errors import ExecutionCancelledRemotely, ProviderConfigError
-from airflow_provider_cancel.core.operator import STATE_STORE_KEY
+from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
 
 from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, make_context
 from .vendor_ops import scenario_operator
@@ -53,13 +53,11 @@ def test_an_adopted_execution_cancelled_by_the_earlier_try_is_restarted_once(emu
     store, ti1, ti2 = tries(task_id)
     first = started_by_try_one(vendor, "remote_cancel:2", task_id, store, ti1)
     result = scenario_operator(vendor, "succeed:2", task_id=task_id).execute(make_context(ti2, store))
-    created = [i for i in journal_ids(emu, vendor, "create") if i != first]
-    second = store.values[STATE_STORE_KEY]
-    assert second["try_number"] == 2 and second["execution_id"] != first
-    assert second["execution_id"] in created
+    second = ti2.xcoms[XCOM_EXECUTION_ID]
+    assert second != first and second in journal_ids(emu, vendor, "create")
     assert emu.execution(first)["state"] == "cancelled"
-    assert emu.execution(second["execution_id"])["state"] == "succeeded"
-    assert result is not None
+    assert emu.execution(second)["state"] == "succeeded"
+    assert result is not None and STATE_STORE_KEY not in store.values
 
 
 def test_an_execution_this_try_started_and_someone_cancelled_fails_without_restart(emu, vendor):
@@ -101,7 +99,7 @@ def test_on_existing_cancel_waits_for_the_orphan_to_stop_before_starting(emu, ve
     scenario_operator(vendor, "succeed:1", task_id=task_id, on_existing="cancel").execute(make_context(ti2, store))
     journal = emu.journal(vendor=vendor)
     cancel_at = next(i for i, e in enumerate(journal) if e["action"] == "cancel" and e["execution_id"] == orphan)
-    fresh = store.values[STATE_STORE_KEY]["execution_id"]
+    fresh = ti2.xcoms[XCOM_EXECUTION_ID]
     create_at = next(i for i, e in enumerate(journal) if e["action"] == "create" and e["execution_id"] == fresh)
     stopped_at = next(i for i, e in enumerate(journal) if e["execution_id"] == orphan and i > cancel_at
                       and e["action"] == "status")
@@ -155,3 +153,16 @@ def test_cancel_by_id_fails_when_an_execution_outlives_the_wait(emu, vendor, mon
     with pytest.raises(AirflowException, match="still not ended"):
         task.execute(make_context())
     scenario_operator(vendor, "forever").hook.cancel(live)  # leave nothing running
+
+
+def test_an_earlier_trys_succeeded_execution_gives_its_result_without_a_new_start(emu, vendor):
+    """K9: the worker died after the remote work was done: the retry returns that result, computes nothing."""
+    task_id, store, ti1 = fresh_task("done")
+    first = started_by_try_one(vendor, "succeed@0s", task_id, store, ti1)
+    creates_before = len(journal_ids(emu, vendor, "create"))
+    result = scenario_operator(vendor, "succeed:1", task_id=task_id).execute(
+        make_context(FakeTI(task_id, try_number=2), store)
+    )
+    assert result is not None and len(journal_ids(emu, vendor, "create")) == creates_before
+    assert STATE_STORE_KEY not in store.values  # forgotten on success: a later clear runs anew
+    assert emu.cancels(first) == []

@@ -91,7 +91,7 @@ def test_sync_success_returns_outputs_records_the_id_and_sends_no_cancel(emu):
     assert result["outputs"]["notify"]["node"] == "notify"
     assert ctx["ti"].xcoms[XCOM_EXECUTION_ID] == run_id
     assert ctx["ti"].xcoms[XCOM_EXECUTION_URL] == f"https://b3os.org/workflows/{WORKFLOW}"
-    assert ctx["task_state_store"].values[STATE_STORE_KEY]["execution_id"] == run_id
+    assert STATE_STORE_KEY not in ctx["task_state_store"].values  # recorded before polling, forgotten on success
     polls = statuses(emu, run_id)
     assert len(polls) >= 4 and "summary=true" in polls[0]["query"]
     assert "summary" not in polls[-1]["query"]  # the one full read for outputs

@@ -78,7 +78,7 @@ def test_sync_success_returns_the_result_records_the_id_and_sends_no_cancel(emu)
     assert result["metadata"]["tokens_used"] > 0 and result["metadata"]["user_metadata"] == {"team": "data"}
     assert result["completed_at"]
     assert ctx["ti"].xcoms[XCOM_EXECUTION_ID] == eid
-    assert ctx["task_state_store"].values[STATE_STORE_KEY]["execution_id"] == eid
+    assert STATE_STORE_KEY not in ctx["task_state_store"].values  # recorded before polling, forgotten on success
     assert len(emu.journal(action="status", execution_id=eid)) >= 4  # pending, running x2, completed
     record = emu.execution(eid)
     assert record["data"]["max_depth"] == 2 and record["data"]["config_profile"] == "fast"
