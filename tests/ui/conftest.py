@@ -7,14 +7,18 @@ download needs the internet. Every test leaves a screenshot in artifacts/ui/ (``
 
 from __future__ import annotations
 
+import contextlib
+import html
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from airflow_provider_cancel.emulator.testing import EmulatorProcess
 from tests.e2e.airflow_stack import AirflowStack
@@ -52,11 +56,7 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: pip install -e '.[test]'")
+def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
         chromium = playwright.chromium.launch(
@@ -66,15 +66,18 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
+_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember whether the test itself failed, for the name of its last screenshot."""
     report = yield
     if report.when == "call":
         item.stash[_FAILED] = report.failed
     return report
-
-
-_FAILED = pytest.StashKey[bool]()
 
 
 def shot_name(text: str) -> str:
@@ -82,26 +85,28 @@ def shot_name(text: str) -> str:
 
 
 @pytest.fixture
-def page(browser, stack: AirflowStack, request: pytest.FixtureRequest) -> Iterator[object]:
+def page(browser: Browser, stack: AirflowStack, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(WAIT_MS)
+
     # Nothing leaves the machine: the vendors' pages an extra link opens are answered by a stub here.
-    context.route(
-        lambda url: not url.startswith(stack.base_url),
-        lambda route: route.fulfill(status=200, content_type="text/html", body="<h1>stub of an external page</h1>"),
-    )
+    def stub(route: Route) -> None:
+        route.fulfill(content_type="text/html", body=f"<h1>stub of {html.escape(route.request.url)}</h1>")
+
+    context.route(lambda url: not url.startswith(stack.base_url), stub)
     ui_page = context.new_page()
     try:
         yield ui_page
     finally:
         SHOTS.mkdir(parents=True, exist_ok=True)
         suffix = "-FAILED" if request.node.stash.get(_FAILED, True) else ""
-        for n, p in enumerate(context.pages):
+        for n, opened in enumerate(context.pages):  # the test's page, then any page it opened (an extra link)
             extra = f"-{n}" if n else ""
-            p.screenshot(path=SHOTS / f"{shot_name(request.node.name)}{extra}{suffix}.png", full_page=True)
+            with contextlib.suppress(PlaywrightError):  # a crashed page must not hide the test's own outcome
+                opened.screenshot(path=SHOTS / f"{shot_name(request.node.name)}{extra}{suffix}.png", full_page=True)
         context.close()
 
 
-def screenshot(page, name: str) -> None:
+def screenshot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SHOTS / f"{shot_name(name)}.png", full_page=True)

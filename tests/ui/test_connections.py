@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import re
 from importlib.metadata import version
-from typing import Any
 
 import pytest
+from playwright.sync_api import Locator, Page, Route, expect
 
+from airflow_provider_cancel.emulator.testing import EmulatorProcess
 from airflow_provider_cancel.get_provider_info import get_provider_info
+from tests.e2e.airflow_stack import AirflowStack
 
 from .conftest import UI_KEY, screenshot
 
@@ -32,7 +34,7 @@ def _release(text: str) -> tuple[int, ...]:
 PORT_ZERO_BUG = _release(version("apache-airflow-core")) <= (3, 3, 2)
 
 
-def open_add_form(page: Any, base_url: str, conn_type: str) -> Any:
+def open_add_form(page: Page, base_url: str, conn_type: str) -> Locator:
     """Admin > Connections > Add Connection, then pick the type by its display name as a person does."""
     if page.url != f"{base_url}/connections":
         page.goto(f"{base_url}/connections")
@@ -44,7 +46,7 @@ def open_add_form(page: Any, base_url: str, conn_type: str) -> Any:
     return dialog
 
 
-def extra_field(page: Any, dialog: Any, name: str, label: str) -> Any:
+def extra_field(page: Page, dialog: Locator, name: str, label: str) -> Locator:
     """The input of a conn-field; its row is found by its label (the UI does not tie label and input by id)."""
     row = dialog.get_by_role("group").filter(
         has=page.locator("label").filter(has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
@@ -53,9 +55,7 @@ def extra_field(page: Any, dialog: Any, name: str, label: str) -> Any:
 
 
 @pytest.mark.parametrize("conn_type", list(TYPES))
-def test_form_shows_declared_fields(page: Any, stack: Any, conn_type: str) -> None:
-    from playwright.sync_api import expect
-
+def test_form_shows_declared_fields(page: Page, stack: AirflowStack, conn_type: str) -> None:
     declared = TYPES[conn_type]
     behaviour = declared["ui-field-behaviour"]
     dialog = open_add_form(page, stack.base_url, conn_type)
@@ -85,10 +85,8 @@ def test_form_shows_declared_fields(page: Any, stack: Any, conn_type: str) -> No
     screenshot(page, f"form-{conn_type}-extra")
 
 
-def create_connection(page: Any, base_url: str, conn_type: str, conn_id: str, host: str, key: str) -> None:
+def create_connection(page: Page, base_url: str, conn_type: str, conn_id: str, host: str, key: str) -> None:
     """Fill the add form (type, id, host, key) and save; the new row shows up in the list."""
-    from playwright.sync_api import expect
-
     labels = TYPES[conn_type]["ui-field-behaviour"]["relabeling"]
     dialog = open_add_form(page, base_url, conn_type)
     dialog.get_by_label("Connection ID").fill(conn_id)
@@ -99,10 +97,10 @@ def create_connection(page: Any, base_url: str, conn_type: str, conn_id: str, ho
     expect(page.get_by_role("row").filter(has_text=conn_id)).to_be_visible()
 
 
-def fix_port_zero(page: Any) -> None:
+def fix_port_zero(page: Page) -> None:
     """Send what a fixed Airflow accepts: a portless connection's port as null, not Number(null) = 0."""
 
-    def handle(route: Any) -> None:
+    def handle(route: Route) -> None:
         body = route.request.post_data_json
         if isinstance(body, dict) and body.get("port") == 0:
             route.continue_(post_data=json.dumps({**body, "port": None}))
@@ -112,10 +110,8 @@ def fix_port_zero(page: Any) -> None:
     page.route("**/api/v2/connections/test", handle)
 
 
-def press_test(page: Any, conn_id: str) -> Any:
+def press_test(page: Page, conn_id: str) -> Locator:
     """Press the row's "Test Connection" and return the toast that answers (not one shown before)."""
-    from playwright.sync_api import expect
-
     earlier = page.get_by_role("status").evaluate_all("toasts => toasts.map(t => t.id)")
     page.mouse.move(0, 0)  # the tooltip of a button pressed before covers the row below it until the mouse leaves
     page.get_by_role("row").filter(has_text=conn_id).get_by_role("button", name="Test Connection").click()
@@ -128,9 +124,7 @@ def press_test(page: Any, conn_id: str) -> Any:
 
 
 @pytest.mark.parametrize("conn_type", list(TYPES))
-def test_test_button(page: Any, stack: Any, ui_emulator: Any, conn_type: str) -> None:
-    from playwright.sync_api import expect
-
+def test_test_button(page: Page, stack: AirflowStack, ui_emulator: EmulatorProcess, conn_type: str) -> None:
     if PORT_ZERO_BUG:
         fix_port_zero(page)
     host = ui_emulator.base_url(conn_type)
@@ -151,16 +145,15 @@ def test_test_button(page: Any, stack: Any, ui_emulator: Any, conn_type: str) ->
         assert secret not in page.content()
 
 
-@pytest.mark.xfail(
-    PORT_ZERO_BUG, strict=True, reason="apache/airflow#73298: the list's Test posts port 0 for a portless connection"
-)
-def test_test_button_without_workaround(page: Any, stack: Any, ui_emulator: Any) -> None:
-    """Passes once Airflow is fixed: then drop fix_port_zero and PORT_ZERO_BUG (this xfail is strict)."""
-    from playwright.sync_api import expect
-
+def test_test_button_without_workaround(page: Page, stack: AirflowStack, ui_emulator: EmulatorProcess) -> None:
+    """The list's Test as Airflow ships it: on <= 3.3.2 it hits apache/airflow#73298 (xfail); once that is fixed
+    this fails on purpose, so that fix_port_zero and PORT_ZERO_BUG get dropped."""
     connection = {"connection_id": "ui_dune_as_is", "conn_type": "dune", "host": ui_emulator.base_url("dune")}
     stack.post("/api/v2/connections", {**connection, "password": UI_KEY})
     page.goto(f"{stack.base_url}/connections")
     toast = press_test(page, "ui_dune_as_is")
     screenshot(page, "test-without-workaround")
-    expect(toast).to_contain_text("Test Connection Successful", timeout=5_000)
+    if PORT_ZERO_BUG:
+        assert "Bad Request" in toast.inner_text(), "Test works as shipped now: drop fix_port_zero and PORT_ZERO_BUG"
+        pytest.xfail("apache/airflow#73298: the list's Test posts port 0 for a connection without a port")
+    expect(toast).to_contain_text("Test Connection Successful")

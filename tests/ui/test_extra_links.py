@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from playwright.sync_api import Page, expect
+
+from tests.e2e.airflow_stack import AirflowStack
 
 from .conftest import screenshot
 
@@ -20,7 +21,7 @@ LINKS = {
 
 
 @pytest.fixture(scope="module")
-def finished_run(stack: Any) -> str:
+def finished_run(stack: AirflowStack) -> str:
     stack.wait_dag(DAG_ID)
     run_id = stack.trigger(DAG_ID)
     for task_id in LINKS:
@@ -29,9 +30,7 @@ def finished_run(stack: Any) -> str:
 
 
 @pytest.mark.parametrize("task_id", list(LINKS))
-def test_extra_link_opens_execution_page(page: Any, stack: Any, finished_run: str, task_id: str) -> None:
-    from playwright.sync_api import expect
-
+def test_extra_link_opens_execution_page(page: Page, stack: AirflowStack, finished_run: str, task_id: str) -> None:
     name, expected = LINKS[task_id]
     assert stack.xcom(DAG_ID, finished_run, task_id, key="execution_url") == expected
 

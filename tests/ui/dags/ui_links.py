@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from airflow.sdk import DAG
 
@@ -10,7 +11,7 @@ from airflow_provider_cancel.vendors.b3os import B3osRunWorkflowOperator
 from airflow_provider_cancel.vendors.dune import DuneRunQueryOperator
 from airflow_provider_cancel.vendors.meibel import MeibelRunBatchOperator
 
-FAST = {"poll_interval": 1, "max_poll_interval": 2, "retries": 0}
+FAST: dict[str, Any] = {"poll_interval": 1, "max_poll_interval": 2, "retries": 0}
 
 with DAG("ui_links", schedule=None, start_date=datetime(2024, 1, 1), catchup=False, tags=["ui"]):
     # a saved query (not raw SQL): only a saved query has a page on dune.com
