@@ -25,7 +25,7 @@ if ! timeout 120 chromium --headless=new --no-sandbox --disable-gpu --dump-dom "
 fi
 echo "install-browser: $(chromium --version 2>/dev/null) at $(command -v chromium)"
 
-if ! python -c "import playwright" 2>/dev/null; then
+if ! python3 -c "import playwright" 2>/dev/null; then
   echo "install-browser: the Python package playwright is missing: pip install -e '.[test]'" >&2
   exit 1
 fi
