@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: lint; unit, emulator and integration tests (real HTTP on loopback); end-to-end on a
-# real Airflow 3.3 stack started and torn down by the tests; and the legacy (Airflow 3.2) deferred-kill proof.
+# real Airflow 3.3 stack started and torn down by the tests; the Airflow UI in headless Chromium (tests/ui, its
+# own stack); and the legacy (Airflow 3.2) deferred-kill proof.
 # Extra arguments go to every pytest run (e.g. -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ mypy
 echo "== unit, emulator, integration (2 workers)"
 python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
 echo "== end-to-end on a real Airflow 3.3 (one stack; scenarios run concurrently inside it)"
-python -m pytest -p no:cacheprovider -m e2e "$@"
+python -m pytest -p no:cacheprovider -m "e2e and not ui" "$@"
+echo "== the Airflow UI in headless Chromium (Debian's chromium; screenshots in artifacts/ui/)"
+bash scripts/install-browser.sh
+python -m pytest -p no:cacheprovider -m ui tests/ui "$@"
 echo "== legacy deferred-kill path on Airflow 3.2"
 bash scripts/test-legacy.sh "$@"
