@@ -5,6 +5,7 @@ Runs against the real B3OS API with a `b3os_default` connection (API key `b3sk_.
 `org_id` if your key needs an organisation context), or offline against the bundled emulator
 (`airflow-provider-cancel-emulator`; the `"emulate": "..."` payload entries choose the emulator's scenario and are
 plain, unused trigger data to B3OS). Against the emulator, `wf_approval` is a workflow that pauses on a wait node.
+Docs: docs/b3os.md.
 """
 
 from __future__ import annotations

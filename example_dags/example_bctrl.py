@@ -2,7 +2,7 @@
 
 Runs against the real bctrl API with a `bctrl_default` connection (API key in the password, optional extra
 `subaccount_id`), or offline against the bundled emulator (`airflow-provider-cancel-emulator`; the
-`"emulate": ...` metadata entries choose the emulator's scenario and are plain metadata to bctrl).
+`"emulate": ...` metadata entries choose the emulator's scenario and are plain metadata to bctrl). Docs: docs/bctrl.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""izieroma (the hosted ROMA API): multi-agent runs on a goal built from params and an upstream task, and a
-sensor on a run started by another task.
+"""izieroma (the hosted ROMA API): multi-agent runs on a goal built from params and an upstream task, a sensor on
+a run started by another task, and a deferred run whose timeout cancels it.
 
 Runs against api.izieroma.xyz with an `izieroma_default` connection (API key in the password field), or
 offline against the bundled emulator (`airflow-provider-cancel-emulator`, connection host
 http://127.0.0.1:8765/izieroma). The `emulate` metadata entries choose the emulator's scenario; to ROMA they
-are ordinary metadata kept with the run.
+are ordinary metadata kept with the run. Docs: docs/izieroma.md.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, task
 
@@ -75,3 +75,25 @@ with DAG(
         poke_interval=2,
         mode="reschedule",
     ).set_upstream(scan)
+
+# A deferrable run that goes on longer than the task may. Airflow 3.3 does not enforce execution_timeout while a
+# task is deferred; the provider's trigger does: at the deadline it cancels the ROMA run (one POST .../cancel)
+# and the task fails with a timeout.
+with DAG(
+    dag_id="example_izieroma_timeout",
+    schedule=None,
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    tags=["example", "izieroma", "cancel"],
+) as timeout_dag:
+    IzieromaRunOperator(
+        task_id="deep_research",
+        goal="Survey every open-source workflow orchestrator and compare their scheduling models.",
+        max_depth=10,
+        metadata={"emulate": "forever"},
+        execution_timeout=timedelta(seconds=8),
+        poll_interval=1,
+        max_poll_interval=2,
+        deferrable=True,
+        retries=0,
+    )

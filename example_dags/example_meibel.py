@@ -4,7 +4,7 @@ batch started elsewhere, report failed items, and a timeout that cancels.
 Runs against the real Meibel API with a `meibel_default` connection (host https://api.meibel.ai/v2, password =
 API key), or offline against the bundled emulator (`airflow-provider-cancel-emulator`; the `"emulate"` keys in the
 batch specs choose the emulator's scenario, an extra key of the batch spec otherwise). Against the emulator any
-batch definition id runs with its default scenario (success).
+batch definition id runs with its default scenario (success). Docs: docs/meibel.md.
 """
 
 from __future__ import annotations

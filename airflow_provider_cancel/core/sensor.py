@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
+from airflow_provider_cancel.core.docs import default_doc_md, inherit_params
 from airflow_provider_cancel.core.hook import ExecutionHook
 from airflow_provider_cancel.core.operator import ProgressLog, _default_deferrable
 from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
@@ -21,16 +22,31 @@ if TYPE_CHECKING:
 
 class ExecutionSensor(BaseSensorOperator):
     """Succeed when the execution succeeds; fail (without retry, so ``soft_fail`` applies) when it fails
-    or is cancelled. Unknown status words keep it waiting.
+    or is cancelled. Unknown status words keep it waiting. Returns nothing to XCom.
 
-    :param execution_id: the vendor's execution id (templated).
-    :param conn_id: the Airflow connection of the vendor API.
-    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param execution_id: the vendor's execution id (templated), e.g.
+        ``"{{ ti.xcom_pull(task_ids='start', key='execution_id') }}"``.
+    :param conn_id: the Airflow connection of the vendor API (templated; default: ``<vendor>_default``).
+    :param deferrable: wait in the triggerer instead of a worker slot
+        (default: ``[operators] default_deferrable``).
+    :param poke_interval: seconds between status reads (default 5 here, not Airflow's 60). When deferrable
+        it is the first delay: later reads stretch with the time waited (lag under 10% of it).
+    :param max_poll_interval: when deferrable, the longest delay between status reads, in seconds
+        (default 30; never less than ``poke_interval``).
+    :param timeout: seconds to wait before the sensor fails with a timeout (Airflow's default, 7 days);
+        the execution itself is left running.
+    :param mode: ``"poke"`` or ``"reschedule"`` (frees the worker slot between reads) when not deferrable.
+    :param soft_fail: mark the task skipped instead of failed when the execution fails, is cancelled or
+        the sensor times out.
     """
 
     hook_class: ClassVar[type[ExecutionHook]]
     template_fields: Sequence[str] = ("execution_id", "conn_id")
     ui_color = "#e8f7e4"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherit_params(cls, ExecutionSensor, "Arguments of every sensor of this provider:")
 
     def __init__(
         self,
@@ -49,6 +65,7 @@ class ExecutionSensor(BaseSensorOperator):
         self.max_poll_interval = max(max_poll_interval, float(self.poke_interval))
         self._progress: ProgressLog | None = None
         self._started = time.monotonic()
+        default_doc_md(self)
 
     @property
     def hook(self) -> ExecutionHook:

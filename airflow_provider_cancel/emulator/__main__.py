@@ -67,6 +67,20 @@ control API (JSON, no auth) under /_emulator; interactive docs at /_emulator/doc
   POST /_emulator/reset returns to the start-up state, including the command-line faults, scenario and limits.
   The journal records method, path, query (minus keys), action, execution id, status, fault and auth
   result of every vendor request; never a header, a body or an API key.
+
+errors on demand (special ids)
+  dune    query_id 404404 does not exist, 403403 is archived
+  bctrl   space or runtime 00000000-0000-4000-8000-000000404404 -> 404, runtime ...-000000409409 -> 409 busy;
+          header BCTRL-Subaccount-Id: sub_forbidden -> 403
+  meibel  batch definition 00000000-0000-0000-0000-000000000404 -> 404
+  b3os    wf_missing -> 404, wf_archived -> 400, wf_no_cu -> 402; wf_approval (or a payload with
+          "emulate_waiting": N) stays `waiting` before its scenario ends
+
+your own CI
+  Point an Airflow connection at the emulator and run your DAGs with `airflow dags test`:
+      AIRFLOW_CONN_DUNE_DEFAULT='{{"conn_type": "dune", "host": "http://127.0.0.1:8765/dune", "password": "k"}}'
+  or start it from pytest with airflow_provider_cancel.emulator.testing.EmulatorProcess.
+  Scenarios, faults, the control API and recipes: docs/emulator.md in the airflow-provider-cancel repository.
 """
 
 

@@ -416,8 +416,9 @@ class B3osRunWorkflowOperator(ExecutionOperator):
         It must have a node ``"root"`` of type ``"manual"``, and every child a node lists must exist.
     :param payload: trigger data, readable in the workflow as ``{{root.result.key}}`` (templated).
     :param prop_values: values for ``{{$props.key}}`` of an inline definition (templated).
-    :param simulate: dry-run a saved workflow on simulation forks. Not with ``dust_test``.
-    :param dust_test: a real run of a saved workflow with dust amounts (~$0.01). Not with ``simulate``.
+    :param simulate: dry-run a saved workflow on simulation forks (default False). Not with ``dust_test``.
+    :param dust_test: a real run of a saved workflow with dust amounts (~$0.01; default False). Not with
+        ``simulate``.
     :param version: run this version of a saved workflow (templated; default: B3OS's choice, the draft first).
     :param output_node_ids: return only these nodes' results (templated; list or comma-separated text).
 

@@ -465,7 +465,8 @@ class BctrlInvokeOperator(ExecutionOperator):
         ``{"call": "browser.goto", "args": [...], "bind": "page1", "ref": "s1",
         "options": {"dryRun": False, "timeoutMs": 30000, "logs": "off"}}``; only ``call`` is required.
         A rendered string (e.g. an upstream task's XCom) is read back as JSON or a Python literal.
-    :param mode: ``"fail-fast"`` (the only mode bctrl documents): the invocation stops at the first failing step.
+    :param mode: ``"fail-fast"`` (default, the only mode bctrl documents; templated): the invocation stops at
+        the first failing step.
     :param metadata: a mapping stored with the invocation (templated).
 
     Returns the invocation's ``result`` (``{"mode", "ok", "runtimeId", "steps": [...]}``), or its ``output`` on

@@ -186,14 +186,15 @@ class DuneRunQueryOperator(ExecutionOperator):
     :param query_id: a saved query's id (templated). Give this or ``sql``.
     :param sql: raw SQL to execute (templated). Give this or ``query_id``.
     :param query_parameters: values for the saved query's parameters (templated).
-    :param performance: ``"medium"`` or ``"large"`` (more resources, more credits).
-    :param max_rows: the most rows returned to XCom (None for all: mind your XCom backend); when the
+    :param performance: ``"medium"`` (default) or ``"large"`` (more resources, more credits; templated).
+    :param max_rows: the most rows returned to XCom (default 1000; None for all: mind your XCom backend); when the
         result is larger the log says how many were left out and the return value has ``truncated=True``.
     :param allow_partial_results: accept a result Dune truncated (QUERY_STATE_COMPLETED_PARTIAL);
         otherwise such a run fails.
 
     Returns ``{"execution_id", "state", "rows", "metadata", "row_count", "total_row_count", "truncated"}``.
-    The execution id is in XCom under ``execution_id`` as soon as the execution starts.
+    The execution id is in XCom under ``execution_id`` as soon as the execution starts; for a saved query,
+    ``execution_url`` and the "Dune query" link lead to the query's page. Dune cancels synchronously.
     """
 
     hook_class = DuneHook

@@ -333,8 +333,8 @@ class MeibelRunBatchOperator(ExecutionOperator):
         ``{"name", "agent", "input": {"datasource_id", "filters"?}, "version"?, "user_message"?,
         "output"?: {"datasource_id"}, "execution"?: {"concurrency", "retry_limit"}}``.
     :param fail_on_item_errors: fail the task when the execution succeeded but some items failed
-        (otherwise the task succeeds, logs the failed items and returns them).
-    :param max_items: the most per-item results returned to XCom (None for all: mind your XCom backend).
+        (default False: the task succeeds, logs the failed items and returns them).
+    :param max_items: the most per-item results returned to XCom (default 100; None for all: mind your XCom backend).
 
     Returns ``{"execution_id", "status", "total_items", "succeeded", "failed", "output_datasource_id", "items",
     "items_truncated"}``; the artefacts themselves are in the output datasource. The execution id is in XCom

@@ -1,5 +1,6 @@
 """Every example DAG runs with `airflow dags test` against the emulator: the ordinary ones to success with no
-cancel sent, the `*_timeout` ones to a failed task whose remote execution was cancelled exactly once."""
+cancel sent, the `*_timeout` ones to a failed task whose remote execution was cancelled exactly once. The
+complete example of each vendor's docs page (docs/<vendor>.md) runs to success too, so the docs stay true."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ DAG_IDS = sorted(
     {m for f in EXAMPLES.glob("*.py") for m in re.findall(r'dag_id="([a-z0-9_]+)"', f.read_text())}
 )
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+DOC_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def doc_example(vendor: str) -> str:
+    """The complete example of a vendor's docs page: its code block that defines a DAG."""
+    blocks = [b for b in DOC_BLOCK.findall((ROOT / "docs" / f"{vendor}.md").read_text()) if "with DAG(" in b]
+    assert len(blocks) == 1, f"docs/{vendor}.md should have exactly one complete example"
+    return blocks[0]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +55,22 @@ def sandbox() -> Iterator[tuple[dict[str, str], EmulatorProcess]]:
         yield env, emu
 
 
+def dags_test(sandbox: tuple[dict[str, str], EmulatorProcess], dag_id: str, dags_folder: Path = EXAMPLES):
+    """`airflow dags test` one DAG; returns the run, the emulator's journal entries it made, and its output."""
+    env, emu = sandbox
+    client = emu.client()
+    seen = len(client.journal())
+    run = subprocess.run([AIRFLOW, "dags", "test", dag_id], env={**env, "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder)},
+                         capture_output=True, text=True, timeout=600)
+    assert KEY not in run.stdout + run.stderr, "the API key leaked into the task output"
+    return run, client.journal()[seen:], (run.stdout + run.stderr)[-4000:]
+
+
+def started_and_cancelled(entries: list[dict]) -> tuple[list[dict], list[dict]]:
+    creates = [e for e in entries if e["action"] == "create" and e["status_code"] and e["status_code"] < 300]
+    return creates, [e for e in entries if e["action"] == "cancel"]
+
+
 def test_examples_are_found():
     assert len(DAG_IDS) >= 9, DAG_IDS
     assert {f"example_{v}" for v in VENDORS} <= set(DAG_IDS)
@@ -53,15 +78,8 @@ def test_examples_are_found():
 
 @pytest.mark.parametrize("dag_id", DAG_IDS)
 def test_example_dag_runs_against_the_emulator(sandbox, dag_id):
-    env, emu = sandbox
-    client = emu.client()
-    seen = len(client.journal())
-    run = subprocess.run([AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=600)
-    entries = client.journal()[seen:]
-    creates = [e for e in entries if e["action"] == "create" and e["status_code"] and e["status_code"] < 300]
-    cancels = [e for e in entries if e["action"] == "cancel"]
-    output = (run.stdout + run.stderr)[-4000:]
-    assert KEY not in run.stdout + run.stderr, "the API key leaked into the task output"
+    run, entries, output = dags_test(sandbox, dag_id)
+    creates, cancels = started_and_cancelled(entries)
     assert creates, f"{dag_id} started nothing:\n{output}"
     if dag_id.endswith("_timeout"):
         assert run.returncode != 0, f"{dag_id} should fail on its timeout:\n{output}"
@@ -69,3 +87,14 @@ def test_example_dag_runs_against_the_emulator(sandbox, dag_id):
     else:
         assert run.returncode == 0, f"{dag_id} failed:\n{output}"
         assert cancels == [], f"{dag_id} sent a cancel on success: {cancels}"
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_the_docs_complete_example_runs_against_the_emulator(sandbox, vendor, tmp_path):
+    code = doc_example(vendor)
+    (tmp_path / f"docs_{vendor}.py").write_text(code)
+    dag_id = re.search(r'dag_id="([a-z0-9_]+)"', code).group(1)
+    run, entries, output = dags_test(sandbox, dag_id, tmp_path)
+    creates, cancels = started_and_cancelled(entries)
+    assert run.returncode == 0 and creates, f"docs/{vendor}.md's example {dag_id} failed:\n{output}"
+    assert cancels == [], f"docs/{vendor}.md's example sent a cancel on success: {cancels}"

@@ -36,7 +36,8 @@ def test_help_documents_scenarios_and_faults() -> None:
     assert result.returncode == 0
     for text in ("emulate:<outcome>[:<N>|@<S>s][,rows=<R>]", "remote_cancel", "partial", "forever",
                  "kind=K", "429", "slow", "drop", "malformed", "probability", "retry_after", "--rate-limit",
-                 "/_emulator", "dune"):
+                 "/_emulator", "dune", "wf_approval", "AIRFLOW_CONN_DUNE_DEFAULT", "EmulatorProcess",
+                 "docs/emulator.md"):
         assert text in result.stdout
 
 
