@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout, TaskDeferred
 
+from airflow_provider_cancel.core.docs import default_doc_md, inherit_params
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
     ExecutionCancelledRemotely,
@@ -94,22 +95,35 @@ class ProgressLog:
 class ExecutionOperator(BaseOperator):
     """Start one remote execution, wait for it, return its result; cancel it whenever the task dies.
 
-    :param conn_id: the Airflow connection of the vendor API.
+    :param conn_id: the Airflow connection of the vendor API (templated; default: ``<vendor>_default``).
     :param deferrable: wait in the triggerer instead of holding a worker slot
         (default: ``[operators] default_deferrable``).
-    :param wait_for_completion: False returns the execution id as soon as it has started.
-    :param poll_interval: first delay between status reads, in seconds; later reads stretch with the run
-        time (lag under 10% of it) up to ``max_poll_interval``, and slow down when the vendor's rate
-        limit says so.
-    :param cancel_on_kill: cancel the remote execution when the task is killed, times out or fails.
-    :param on_existing: what a new try does with a still-running execution recorded by an earlier try
-        of the same task (its worker died): ``"reattach"`` waits for it (no duplicate work, no lost
-        result), ``"cancel"`` cancels it and starts afresh. Either way, never two live executions.
+    :param wait_for_completion: False returns the execution id as soon as it has started (and never
+        cancels it: the task has ended, nothing is killed).
+    :param poll_interval: first delay between status reads, in seconds (default 1); later reads stretch
+        with the run time (lag under 10% of it) up to ``max_poll_interval``, and slow down when the
+        vendor's rate limit says so.
+    :param max_poll_interval: the longest delay between status reads, in seconds (default 30).
+    :param cancel_on_kill: cancel the remote execution when the task is killed, times out or fails
+        (default True).
+    :param on_existing: what a new try does with an execution recorded by an earlier try of the same task
+        (its worker died, or the task was cleared): ``"reattach"`` (default) waits for a live one and uses
+        the result of one that already succeeded (no duplicate work, no lost result); ``"cancel"`` cancels
+        it and starts afresh. Either way, never two live executions.
+
+    Airflow's own ``execution_timeout`` is the deadline of the remote execution too: when it passes the
+    execution is cancelled, running or deferred. The execution id is pushed to XCom under
+    ``execution_id`` (and its page under ``execution_url``, where the vendor has one) as soon as it
+    has started.
     """
 
     hook_class: ClassVar[type[ExecutionHook]]
     template_fields: Sequence[str] = ("conn_id",)
     ui_color = "#f4e6ff"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherit_params(cls, ExecutionOperator, "Arguments of every operator of this provider:")
 
     def __init__(
         self,
@@ -147,6 +161,7 @@ class ExecutionOperator(BaseOperator):
         self._cancel_sent = False
         self._killed = False
         self._wake = threading.Event()
+        default_doc_md(self)
 
     # -- vendor adapter: override ----------------------------------------------------------------------
     def validate_request(self) -> None:

@@ -57,17 +57,38 @@ class Matrix:
             return
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "e2e-matrix.json").write_text(json.dumps(self.rows, indent=1, default=str))
+        (ARTIFACTS / "e2e-matrix.md").write_text(self.pivot() + "\n" + self.detail())
+
+    @staticmethod
+    def _order(row: dict) -> tuple:
+        path = str(row["path"])
+        return int(path[1:]) if path[1:].isdigit() else 99, str(row["mode"]), str(row["vendor"])
+
+    def pivot(self) -> str:
+        """One line per kill path and mode, one column per vendor: result, cancels, kill -> cancel seconds."""
+        vendors = [v for v in VENDORS if any(r["vendor"] == v for r in self.rows)]
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for r in sorted(self.rows, key=self._order):
+            latency = "" if r.get("latency") is None else f", {r['latency']:.1f} s"
+            cell = f"{r['result']}: {r['cancels']} cancel{'s' if r['cancels'] != 1 else ''}{latency}"
+            cells.setdefault((str(r["path"]), str(r["mode"])), {})[str(r["vendor"])] = cell
+        lines = ["| path | mode | " + " | ".join(vendors) + " |", "|---|---|" + "---|" * len(vendors)]
+        for (path, mode), by_vendor in cells.items():
+            lines.append(f"| {path} | {mode} | " + " | ".join(by_vendor.get(v, "") for v in vendors) + " |")
+        return "\n".join(lines) + "\n"
+
+    def detail(self) -> str:
         lines = [
             "| path | vendor | mode | result | cancels | final state | kill → cancel (s) |",
             "|---|---|---|---|---|---|---|",
         ]
-        for r in sorted(self.rows, key=lambda r: (str(r["path"]), str(r["vendor"]), str(r["mode"]))):
+        for r in sorted(self.rows, key=self._order):
             latency = "" if r.get("latency") is None else f"{r['latency']:.1f}"
             lines.append(
                 f"| {r['path']} | {r['vendor']} | {r['mode']} | {r['result']} | {r['cancels']} | {r['state']} | "
                 f"{latency} |"
             )
-        (ARTIFACTS / "e2e-matrix.md").write_text("\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="session")

@@ -14,28 +14,32 @@ from .conftest import VENDORS, now
 
 pytestmark = pytest.mark.e2e
 
+DAGRUN_TIMEOUT_DAG = "_dagrun_timeout"
 KILL_DEADLINE = 90  # s from a kill to its cancel; Airflow needs ~1-5 s, the rest is a slow-machine margin
 FINISH_DEADLINE = 240
 
 
 @pytest.fixture(scope="module")
 def runs(stack):
-    """One run per vendor, started on first use: vendors go in waves of six concurrent tasks, which a 2-core
-    machine with SQLite sustains (thirty at once starve the Execution API)."""
+    """The vendor's DAG runs (kill paths, and K10's DAG with a run timeout), started together on first use:
+    vendors go in waves, which a 2-core machine with SQLite sustains (all thirty DAG runs at once starve the
+    Execution API)."""
     started: dict[str, str] = {}
 
-    def run_of(vendor: str) -> str:
+    def run_of(vendor: str, dag: str = "") -> str:
         if vendor not in started:
-            stack.wait_dag(f"e2e_{vendor}", timeout=180)
-            started[vendor] = stack.trigger(f"e2e_{vendor}")
-        return started[vendor]
+            for suffix in ("", DAGRUN_TIMEOUT_DAG):
+                stack.wait_dag(f"e2e_{vendor}{suffix}", timeout=180)
+            for suffix in ("", DAGRUN_TIMEOUT_DAG):
+                started[vendor + suffix] = stack.trigger(f"e2e_{vendor}{suffix}")
+        return started[vendor + dag]
 
     return run_of
 
 
-def execution_of(stack, emu, vendor: str, run_id: str, task_id: str, *, polled: bool = True) -> str:
+def execution_of(stack, emu, vendor: str, run_id: str, task_id: str, *, polled: bool = True, dag: str = "") -> str:
     """The execution id the task recorded in XCom (once the emulator has seen it polled, if `polled`)."""
-    dag_id = f"e2e_{vendor}"
+    dag_id = f"e2e_{vendor}{dag}"
     execution_id = stack.wait_until(
         lambda: stack.xcom(dag_id, run_id, task_id, key="execution_id"),
         timeout=FINISH_DEADLINE,
@@ -200,3 +204,110 @@ def test_cancelled_remotely_fails_without_retry(stack, emu_client, runs, matrix,
     assert ti["try_number"] == 1
     assert cancels == 0
     assert "cancelled outside this task" in log
+
+
+def created_at(emu, execution_id: str) -> float:
+    return emu.journal(action="create", execution_id=execution_id)[0]["ts"]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize(("task_id", "live_state"), [("k3_sync_clear", "running"), ("k3_defer_clear", "deferred")])
+def test_clear_cancels_once_and_the_new_try_never_overlaps(stack, emu_client, runs, matrix, vendor, task_id,
+                                                           live_state):
+    """K3: "Clear" on a live task: its execution is cancelled once; the new try starts its own execution only
+    once the old one has ended (a deferred trigger's on_kill can race the new try's start: the new try then
+    reattaches, sees the cancel land, and starts afresh)."""
+    dag_id, run_id = f"e2e_{vendor}", runs(vendor)
+    stack.wait_ti(dag_id, run_id, task_id, {live_state}, timeout=FINISH_DEADLINE)
+    first = execution_of(stack, emu_client, vendor, run_id, task_id)
+    runner = stack.wait_task_pids(dag_id, run_id, task_id).runner if live_state == "running" else None
+    killed_at = now()
+    stack.clear_ti(dag_id, run_id, task_id)
+    cancel = stack.wait_until(lambda: emu_client.cancels(first), timeout=KILL_DEADLINE,
+                              message=f"a cancel of {first}")[0]
+    second = stack.wait_until(
+        lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id")) not in (None, first) and eid,
+        timeout=FINISH_DEADLINE, message="the new try's own execution",
+    )
+    cancels = settle(stack, emu_client, first, runner)
+    stopped = emu_client.execution(first)
+    overlap = created_at(emu_client, second) < stopped["finished_at"]
+    ti = stack.wait_ti(dag_id, run_id, task_id, {live_state}, timeout=FINISH_DEADLINE)
+    matrix.add(path="K3", vendor=vendor, mode=live_state, cancels=cancels,
+               state=f"{ti['state']} (try {ti['try_number']})", latency=cancel["ts"] - killed_at,
+               result="pass" if cancels == 1 and not overlap else "FAIL")
+    assert cancels == 1 and stopped["state"] == "cancelled"
+    assert not overlap, "the new try created its execution while the old one was still live"
+    assert ti["try_number"] == 2
+    # End the new try once it watches its execution (a kill before the triggerer has started the trigger
+    # reaches no code at all: see the README's limits); its own execution is cancelled too.
+    stack.wait_until(lambda: emu_client.journal(action="status", execution_id=second), timeout=FINISH_DEADLINE,
+                     message=f"a status poll of {second}")
+    stack.set_ti_state(dag_id, run_id, task_id, "failed")
+    stack.wait_until(lambda: emu_client.cancels(second), timeout=KILL_DEADLINE, message=f"a cancel of {second}")
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_crashed_trigger_cancels_through_fail(stack, emu_client, runs, matrix, vendor):
+    """K8: the trigger crashes (its hook class cannot be imported in the triggerer): the task resumes with
+    ``__fail__`` on a worker, which cancels the recorded execution, and fails."""
+    dag_id, run_id, task_id = f"e2e_{vendor}", runs(vendor), "k8_trigger_crash"
+    execution_id = execution_of(stack, emu_client, vendor, run_id, task_id, polled=False)
+    ti = stack.wait_ti(dag_id, run_id, task_id, {"failed"}, timeout=FINISH_DEADLINE, fail_states={"success"})
+    cancels = stack.wait_until(lambda: emu_client.cancels(execution_id), timeout=KILL_DEADLINE,
+                               message=f"a cancel of {execution_id}")
+    count = settle(stack, emu_client, execution_id)
+    log = stack.task_log(dag_id, run_id, task_id, ti["try_number"])
+    matrix.add(path="K8", vendor=vendor, mode="deferred", cancels=count, state=ti["state"], latency=None,
+               result="pass" if count == 1 else "FAIL")
+    assert count == 1 and cancels[0]["status_code"] == 200
+    assert "the trigger failed or timed out" in log
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize(("task_id", "policy"), [("k9_sigkill_reattach", "reattach"), ("k9_sigkill_cancel", "cancel")])
+def test_hard_killed_worker_next_try_applies_the_policy(stack, emu_client, runs, matrix, vendor, task_id, policy):
+    """K9: SIGKILL to the task process (no on_kill can run). The retry finds the execution recorded before
+    polling: "reattach" waits for it (no second start), "cancel" cancels it and starts afresh once it ended."""
+    import os
+    import signal
+
+    dag_id, run_id = f"e2e_{vendor}", runs(vendor)
+    stack.wait_ti(dag_id, run_id, task_id, {"running"}, timeout=FINISH_DEADLINE)
+    first = execution_of(stack, emu_client, vendor, run_id, task_id)
+    os.kill(stack.wait_task_pids(dag_id, run_id, task_id).runner, signal.SIGKILL)
+    ti = stack.wait_ti(dag_id, run_id, task_id, {"success"}, timeout=FINISH_DEADLINE, fail_states={"failed"})
+    final = stack.xcom(dag_id, run_id, task_id, key="execution_id")
+    cancels = len(emu_client.cancels(first))
+    log = stack.task_log(dag_id, run_id, task_id, ti["try_number"])
+    if policy == "reattach":
+        ok = final == first and cancels == 0
+    else:
+        ok = final != first and cancels == 1 and created_at(emu_client, final) >= emu_client.execution(first)[
+            "finished_at"]
+    matrix.add(path="K9", vendor=vendor, mode=f"running, on_existing={policy}", cancels=cancels,
+               state=f"{ti['state']} (try {ti['try_number']})", latency=None, result="pass" if ok else "FAIL")
+    assert ti["try_number"] == 2
+    assert ok, (first, final, cancels)
+    assert ("reattaching" if policy == "reattach" else "cancelling it before starting afresh") in log
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize(("task_id", "live_state"), [("k10_sync", "running"), ("k10_defer", "deferred")])
+def test_dag_run_timeout_cancels_once(stack, emu_client, runs, matrix, vendor, task_id, live_state):
+    """K10: the DAG run's dagrun_timeout passes: the scheduler marks the task skipped, which kills it."""
+    dag_id, run_id = f"e2e_{vendor}{DAGRUN_TIMEOUT_DAG}", runs(vendor, DAGRUN_TIMEOUT_DAG)
+    execution_id = execution_of(stack, emu_client, vendor, run_id, task_id, polled=False, dag=DAGRUN_TIMEOUT_DAG)
+    ti = stack.wait_ti(dag_id, run_id, task_id, {"skipped", "failed"}, timeout=FINISH_DEADLINE,
+                       fail_states={"success"})
+    cancels = stack.wait_until(lambda: emu_client.cancels(execution_id), timeout=KILL_DEADLINE,
+                               message=f"a cancel of {execution_id}")
+    count = settle(stack, emu_client, execution_id)
+    run = stack.dag_run(dag_id, run_id)
+    from datetime import datetime
+
+    timed_out_at = datetime.fromisoformat(run["start_date"].replace("Z", "+00:00")).timestamp() + 30
+    matrix.add(path="K10", vendor=vendor, mode=live_state, cancels=count, state=ti["state"],
+               latency=cancels[0]["ts"] - timed_out_at, result="pass" if count == 1 else "FAIL")
+    assert count == 1
+    assert run["state"] == "failed"

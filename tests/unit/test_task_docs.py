@@ -34,8 +34,7 @@ SENSORS = {
     MeibelBatchExecutionSensor: {"execution_id": "x"},
     B3osRunSensor: {"execution_id": "x"},
 }
-# The operators join once core/operator.py appends the shared arguments and sets doc_md, as core/sensor.py does.
-TASKS = dict(SENSORS)
+TASKS = {**OPERATORS, **SENSORS}
 BASES = (ExecutionOperator, ExecutionSensor)
 
 

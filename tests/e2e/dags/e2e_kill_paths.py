@@ -55,19 +55,35 @@ FACTORIES: dict[str, Callable[..., BaseOperator]] = {
     "dune": dune, "izieroma": izieroma, "bctrl": bctrl, "meibel": meibel, "b3os": b3os,
 }
 
-# task id -> (scenario, deferrable, execution_timeout)
-SCENARIOS = {
-    "k1_sync_markfail": ("forever", False, None),
-    "k4_sync_timeout": ("forever", False, TIMEOUT),
-    "k6_defer_markfail": ("forever", True, None),
-    "k7_defer_timeout": ("forever", True, TIMEOUT),
-    "k2_sync_marksuccess": ("forever", False, None),
-    "k2_defer_marksuccess": ("forever", True, None),
-    "k5_sync_sigterm": ("forever", False, None),
-    "k11_remote_cancel": ("remote_cancel:3", False, None),
-    "k13_sync_success": ("succeed:3", False, None),
-    "k13_defer_success": ("succeed:3", True, None),
+def hook_only_the_worker_can_import(task: BaseOperator) -> BaseOperator:
+    """K8: a hook subclass defined in a DAG file: the worker has it, the triggerer cannot import it (DAG
+    modules get private names), so the trigger crashes at its start: a common mistake, and a real crash."""
+    task.hook_class = type(f"DagLocal{task.hook_class.__name__}", (task.hook_class,), {})  # type: ignore[misc]
+    return task
+
+
+RETRY_ONCE = {"retries": 1, "retry_delay": timedelta(seconds=1)}
+
+# task id -> (scenario, deferrable, execution_timeout, extra arguments)
+SCENARIOS: dict[str, tuple[str, bool, timedelta | None, dict[str, Any]]] = {
+    "k1_sync_markfail": ("forever", False, None, {}),
+    "k4_sync_timeout": ("forever", False, TIMEOUT, {}),
+    "k6_defer_markfail": ("forever", True, None, {}),
+    "k7_defer_timeout": ("forever", True, TIMEOUT, {}),
+    "k2_sync_marksuccess": ("forever", False, None, {}),
+    "k2_defer_marksuccess": ("forever", True, None, {}),
+    "k3_sync_clear": ("forever", False, None, {}),
+    "k3_defer_clear": ("forever", True, None, {}),
+    "k5_sync_sigterm": ("forever", False, None, {}),
+    "k8_trigger_crash": ("forever", True, None, {}),
+    # 20 polls: the execution outlives the killed try (SIGKILL after its first poll) and the retry's start
+    "k9_sigkill_reattach": ("succeed:20", False, None, RETRY_ONCE),
+    "k9_sigkill_cancel": ("succeed:20", False, None, {**RETRY_ONCE, "on_existing": "cancel"}),
+    "k11_remote_cancel": ("remote_cancel:3", False, None, {"retries": 2}),  # must not retry anyway
+    "k13_sync_success": ("succeed:3", False, None, {}),
+    "k13_defer_success": ("succeed:3", True, None, {}),
 }
+DAGRUN_TIMEOUT = timedelta(seconds=30)
 
 for vendor, factory in FACTORIES.items():
     with DAG(
@@ -77,7 +93,26 @@ for vendor, factory in FACTORIES.items():
         catchup=False,
         max_active_tasks=len(SCENARIOS),
     ) as dag:
-        for task_id, (scenario, deferrable, timeout) in SCENARIOS.items():
-            kw = {**FAST, "retries": 2} if task_id.startswith("k11") else FAST  # K11 must not retry anyway
-            factory(task_id, scenario, deferrable=deferrable, execution_timeout=timeout, **kw)
+        for task_id, (scenario, deferrable, timeout, extra) in SCENARIOS.items():
+            task = factory(task_id, scenario, deferrable=deferrable, execution_timeout=timeout, **{**FAST, **extra})
+            if task_id.startswith("k8"):
+                hook_only_the_worker_can_import(task)
     globals()[dag.dag_id] = dag
+
+    # K10: the DAG run's own timeout (the scheduler marks unfinished tasks skipped, which kills them)
+    with DAG(
+        dag_id=f"e2e_{vendor}_dagrun_timeout",
+        schedule=None,
+        start_date=datetime(2025, 1, 1),
+        catchup=False,
+        dagrun_timeout=DAGRUN_TIMEOUT,
+    ) as dag:
+        factory("k10_sync", "forever", deferrable=False, **FAST)
+        factory("k10_defer", "forever", deferrable=True, **FAST)
+    globals()[dag.dag_id] = dag
+
+# K12: one deferred task per vendor, long enough (30 polls) to live through a triggerer restart and a takeover,
+# which the test makes within the executions' first few polls.
+with DAG(dag_id="e2e_handover", schedule=None, start_date=datetime(2025, 1, 1), catchup=False) as e2e_handover:
+    for vendor, factory in FACTORIES.items():
+        factory(f"k12_{vendor}", "succeed:30", deferrable=True, **FAST)
