@@ -878,7 +878,15 @@ class AirflowStack:
 
     # ---------------------------------------------------------------------------------------- REST basics
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self.client.request(method, path, **kwargs)
+        """One REST call; a read (GET) that times out on a loaded machine is tried again, twice."""
+        for attempt in range(3 if method == "GET" else 1):
+            try:
+                return self.client.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if method != "GET" or attempt == 2:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
 
     def _call(self, method: str, path: str, *, ok: Iterable[int] = (200, 201), retries: int = 0, **kw) -> Any:
         attempt = 0

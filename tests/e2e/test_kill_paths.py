@@ -268,7 +268,8 @@ def test_crashed_trigger_cancels_through_fail(stack, emu_client, runs, matrix, v
 @pytest.mark.parametrize(("task_id", "policy"), [("k9_sigkill_reattach", "reattach"), ("k9_sigkill_cancel", "cancel")])
 def test_hard_killed_worker_next_try_applies_the_policy(stack, emu_client, runs, matrix, vendor, task_id, policy):
     """K9: SIGKILL to the task process (no on_kill can run). The retry finds the execution recorded before
-    polling: "reattach" waits for it (no second start), "cancel" cancels it and starts afresh once it ended."""
+    polling: "reattach" watches it (no second start), "cancel" cancels it and starts afresh once it ended.
+    Either way the new try owns what runs: marking it failed cancels that."""
     import os
     import signal
 
@@ -276,19 +277,32 @@ def test_hard_killed_worker_next_try_applies_the_policy(stack, emu_client, runs,
     stack.wait_ti(dag_id, run_id, task_id, {"running"}, timeout=FINISH_DEADLINE)
     first = execution_of(stack, emu_client, vendor, run_id, task_id)
     os.kill(stack.wait_task_pids(dag_id, run_id, task_id).runner, signal.SIGKILL)
-    ti = stack.wait_ti(dag_id, run_id, task_id, {"success"}, timeout=FINISH_DEADLINE, fail_states={"failed"})
-    final = stack.xcom(dag_id, run_id, task_id, key="execution_id")
-    cancels = len(emu_client.cancels(first))
-    log = stack.task_log(dag_id, run_id, task_id, ti["try_number"])
+    stack.wait_ti(dag_id, run_id, task_id, {"running"}, timeout=FINISH_DEADLINE, min_try=2, fail_states={"failed"})
+    adopted_or_new = stack.wait_until(
+        lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id"))
+        and emu_client.journal(action="status", execution_id=eid, since=0) and eid,
+        timeout=FINISH_DEADLINE, message="the new try watching an execution",
+    )
+    if policy == "cancel":  # the orphan first ends, then the new one starts
+        adopted_or_new = stack.wait_until(
+            lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id")) != first and eid,
+            timeout=FINISH_DEADLINE, message="the new try's own execution",
+        )
+    orphan_cancels = len(emu_client.cancels(first))
+    overlap = policy == "cancel" and created_at(emu_client, adopted_or_new) < emu_client.execution(first)[
+        "finished_at"]
+    log = stack.task_log(dag_id, run_id, task_id, 2)
+    stack.set_ti_state(dag_id, run_id, task_id, "failed")  # the new try owns what runs now
+    owned = stack.wait_until(lambda: emu_client.cancels(adopted_or_new), timeout=KILL_DEADLINE,
+                             message=f"a cancel of {adopted_or_new}")
     if policy == "reattach":
-        ok = final == first and cancels == 0
+        ok = adopted_or_new == first and len(owned) == 1
     else:
-        ok = final != first and cancels == 1 and created_at(emu_client, final) >= emu_client.execution(first)[
-            "finished_at"]
-    matrix.add(path="K9", vendor=vendor, mode=f"running, on_existing={policy}", cancels=cancels,
-               state=f"{ti['state']} (try {ti['try_number']})", latency=None, result="pass" if ok else "FAIL")
-    assert ti["try_number"] == 2
-    assert ok, (first, final, cancels)
+        ok = adopted_or_new != first and orphan_cancels == 1 and not overlap and len(owned) == 1
+    matrix.add(path="K9", vendor=vendor, mode=f"running, on_existing={policy}",
+               cancels=orphan_cancels if policy == "cancel" else 0, state="running (try 2)", latency=None,
+               result="pass" if ok else "FAIL")
+    assert ok, (first, adopted_or_new, orphan_cancels, overlap, owned)
     assert ("reattaching" if policy == "reattach" else "cancelling it before starting afresh") in log
 
 

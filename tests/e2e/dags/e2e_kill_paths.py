@@ -76,9 +76,8 @@ SCENARIOS: dict[str, tuple[str, bool, timedelta | None, dict[str, Any]]] = {
     "k3_defer_clear": ("forever", True, None, {}),
     "k5_sync_sigterm": ("forever", False, None, {}),
     "k8_trigger_crash": ("forever", True, None, {}),
-    # 20 polls: the execution outlives the killed try (SIGKILL after its first poll) and the retry's start
-    "k9_sigkill_reattach": ("succeed:20", False, None, RETRY_ONCE),
-    "k9_sigkill_cancel": ("succeed:20", False, None, {**RETRY_ONCE, "on_existing": "cancel"}),
+    "k9_sigkill_reattach": ("forever", False, None, RETRY_ONCE),
+    "k9_sigkill_cancel": ("forever", False, None, {**RETRY_ONCE, "on_existing": "cancel"}),
     "k11_remote_cancel": ("remote_cancel:3", False, None, {"retries": 2}),  # must not retry anyway
     "k13_sync_success": ("succeed:3", False, None, {}),
     "k13_defer_success": ("succeed:3", True, None, {}),
