@@ -34,7 +34,10 @@ from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfi
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"airflow-provider-cancel/{__version__}"
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# 500 too: vendors answer it for passing failures; like 502/504 it is retried only when retry_safe.
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A status or result page this large is not a vendor answer we can use (and would bloat memory and XCom).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Failures where the request provably never reached the vendor's application.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 _TRANSPORT_ERRORS = (httpx.TransportError,)
@@ -331,6 +334,11 @@ class ApiClient:
             )
         if not response.content:
             return {}
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise self._error(  # a 200: not transient, retrying would fetch the same oversized body
+                call, status, f"response of {len(response.content):,} bytes is over the {MAX_RESPONSE_BYTES:,}-byte "
+                "limit of this provider", request_id=_request_id(response.headers),
+            )
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
