@@ -41,7 +41,7 @@ from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import EmulatorProcess, wait_for
 
 from ..integration.conftest import FakeTI, make_context
-from .driver import OPERATORS, SOAK_KEY, Job, connect, fault_rules, plan_jobs, vendor_args
+from .driver import OPERATORS, Job, fault_rules, plan_jobs, vendor_args
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 SYNC_JOBS, ASYNC_JOBS = 300, 250
@@ -194,13 +194,6 @@ def verdict(job: Job, records: list[dict]) -> str:
     return ""
 
 
-@pytest.fixture(scope="module")
-def soak_emulator():
-    with EmulatorProcess("--api-key", SOAK_KEY, "--seed", "5") as process:
-        connect(process)
-        yield process
-
-
 @pytest.mark.timeout(300)
 def test_fault_soak(soak_emulator: EmulatorProcess) -> None:
     rng = random.Random(20261123)
@@ -209,6 +202,7 @@ def test_fault_soak(soak_emulator: EmulatorProcess) -> None:
     logging.getLogger("airflow_provider_cancel.core.http").addHandler(retries)
     started = time.monotonic()
     try:
+        emu.reset()  # the session's emulator: figures from this test only
         for rule in fault_rules(FAULTS):
             emu.add_fault(**rule)
         # Phase 1, sync: operators polling in 16 worker threads, 35% killed mid-way.
