@@ -51,9 +51,11 @@ def test_the_key_appears_nowhere(stack, emu_client):
     run_id = stack.trigger(DAG_ID)
     stack.wait_run(DAG_ID, run_id, {"success", "failed"}, timeout=180)
     tis = {ti["task_id"]: ti for ti in stack.tis(DAG_ID, run_id)}
-    assert {t: ti["state"] for t, ti in tis.items()} == {
-        f"{vendor}_{name}": state for vendor in VENDORS for name, state in EXPECTED.items()
-    }
+    expected = {f"{vendor}_{name}": state for vendor in VENDORS for name, state in EXPECTED.items()}
+    wrong = {t: ti["state"] for t, ti in tis.items() if ti["state"] != expected.get(t)}
+    assert not wrong and len(tis) == len(expected), "\n".join(
+        f"{t}: {state}\n{stack.task_log(DAG_ID, run_id, t, tis[t]['try_number'])[-2500:]}" for t, state in wrong.items()
+    )
 
     blobs: dict[str, bytes] = {}
     logs: dict[str, str] = {}

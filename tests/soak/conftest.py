@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from airflow_provider_cancel.emulator.testing import EmulatorProcess
 
 from .driver import SOAK_KEY, connect
+
+os.environ.setdefault("AIRFLOW_DISABLE_GREENBACK_PORTAL", "true")  # triggers run in-process, as in the tests
 
 
 @pytest.fixture(scope="session")

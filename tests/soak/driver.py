@@ -22,8 +22,6 @@ from airflow_provider_cancel.vendors.dune import DuneHook, DuneRunQueryOperator
 from airflow_provider_cancel.vendors.izieroma import IzieromaHook, IzieromaRunOperator
 from airflow_provider_cancel.vendors.meibel import MeibelHook, MeibelRunBatchOperator
 
-os.environ.setdefault("AIRFLOW_DISABLE_GREENBACK_PORTAL", "true")
-
 SOAK_KEY = "sk-SOAK-SECRET-31e9a0"
 VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
 IDEMPOTENT = frozenset({"izieroma", "bctrl", "b3os"})  # their creates carry a key, so an ambiguous one is retried
@@ -31,7 +29,6 @@ IDEMPOTENT = frozenset({"izieroma", "bctrl", "b3os"})  # their creates carry a k
 TIMEOUTS = ClientTimeouts(connect=2.0, read=1.0)
 RETRY = RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5, max_retry_after=2.0)
 SLOW_DELAY = 1.5
-SPACE, RUNTIME = "5b0f6a57-4d1e-4c3a-9f0e-2d7c1b8a9e01", "a1c2e3f4-5b6d-4e7f-8091-a2b3c4d5e6f7"
 
 
 def _fast(hook: type[ExecutionHook]) -> type[ExecutionHook]:
@@ -58,21 +55,6 @@ OPERATORS: dict[str, type[ExecutionOperator]] = {
         ("b3os", B3osHook, B3osRunWorkflowOperator),
     )
 }
-
-
-def vendor_args(vendor: str, scenario: str, tag: str) -> dict[str, Any]:
-    """The operator arguments that start `scenario` on `vendor`, with `tag` inside the create request."""
-    if vendor == "dune":
-        return {"sql": f"SELECT 1 -- emulate:{scenario} {tag}"}
-    if vendor == "izieroma":
-        return {"goal": f"Soak {tag} emulate:{scenario}"}
-    if vendor == "bctrl":
-        steps = [{"call": "browser.goto", "args": ["https://shop.example.com"]}]
-        return {"space_id": SPACE, "runtime_id": RUNTIME, "steps": steps, "metadata": {"emulate": scenario, "tag": tag}}
-    if vendor == "meibel":
-        return {"batch_spec": {"name": tag, "agent": "agent-7d1c", "user_message": f"Extract. emulate:{scenario}",
-                               "input": {"datasource_id": "ds-invoices"}}}
-    return {"workflow_id": "wf_prices", "payload": {"emulate": scenario, "tag": tag}}
 
 
 def connect(emulator: EmulatorProcess, suffix: str = "soak") -> None:

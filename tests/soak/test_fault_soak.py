@@ -38,10 +38,10 @@ from airflow_provider_cancel.core.errors import (
     ExecutionKilled,
 )
 from airflow_provider_cancel.core.trigger import ExecutionTrigger
-from airflow_provider_cancel.emulator.testing import EmulatorProcess, wait_for
+from airflow_provider_cancel.emulator.testing import EmulatorProcess, operator_args, wait_for
 
 from ..integration.conftest import FakeTI, make_context
-from .driver import OPERATORS, Job, fault_rules, plan_jobs, vendor_args
+from .driver import OPERATORS, Job, fault_rules, plan_jobs
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 SYNC_JOBS, ASYNC_JOBS = 300, 250
@@ -73,7 +73,7 @@ def make_task(job: Job, **kw: Any) -> Any:
     kw.setdefault("deferrable", job.path == "async")
     return OPERATORS[job.vendor](
         task_id=f"t{job.index}", conn_id=f"{job.vendor}_soak", poll_interval=0.05, max_poll_interval=0.2,
-        **vendor_args(job.vendor, job.scenario, job.tag), **kw,
+        **operator_args(job.vendor, job.scenario, job.tag), **kw,
     )
 
 

@@ -19,7 +19,7 @@ from airflow.jobs.triggerer_job_runner import TriggerRunner
 
 from airflow_provider_cancel.core.errors import ExecutionFailed
 from airflow_provider_cancel.core.trigger import ExecutionTrigger
-from airflow_provider_cancel.emulator.testing import EmulatorProcess
+from airflow_provider_cancel.emulator.testing import EmulatorProcess, operator_args
 from airflow_provider_cancel.vendors.dune import DuneHook, DuneRunQueryOperator
 from airflow_provider_cancel.vendors.izieroma import IzieromaHook, IzieromaRunOperator
 
@@ -38,10 +38,9 @@ def start(vendor: str, scenario: str) -> str:
 
 
 def operator(vendor: str, index: int, scenario: str):
-    kw = {"sql": f"SELECT 1 -- emulate:{scenario}"} if vendor == "dune" else {"goal": f"op {index} emulate:{scenario}"}
     op = DuneRunQueryOperator if vendor == "dune" else IzieromaRunOperator
     return op(task_id=f"op{index}", conn_id=f"{vendor}_soak", deferrable=False, poll_interval=0.1,
-              max_poll_interval=0.5, **kw)
+              max_poll_interval=0.5, **operator_args(vendor, scenario, f"op{index}"))
 
 
 def run_operator(task) -> str:

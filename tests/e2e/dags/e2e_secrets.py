@@ -7,12 +7,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
+from airflow_provider_cancel.emulator.testing import operator_args
 from airflow_provider_cancel.vendors.b3os import B3osRunWorkflowOperator
 from airflow_provider_cancel.vendors.bctrl import BctrlInvokeOperator
 from airflow_provider_cancel.vendors.dune import DuneRunQueryOperator
 from airflow_provider_cancel.vendors.izieroma import IzieromaRunOperator
 from airflow_provider_cancel.vendors.meibel import MeibelRunBatchOperator
-from tests.soak.driver import vendor_args
 
 OPERATORS = {
     "dune": DuneRunQueryOperator, "izieroma": IzieromaRunOperator, "bctrl": BctrlInvokeOperator,
@@ -31,4 +31,4 @@ with DAG("e2e_secrets", schedule=None, start_date=datetime(2026, 1, 1), catchup=
         for name, (scenario, deferrable, timeout) in TASKS.items():
             task_id = f"{vendor}_{name}"
             operator(task_id=task_id, deferrable=deferrable, execution_timeout=timeout, poll_interval=1,
-                     max_poll_interval=2, **vendor_args(vendor, scenario, task_id))
+                     max_poll_interval=2, **operator_args(vendor, scenario, task_id))
