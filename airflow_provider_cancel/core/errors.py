@@ -23,8 +23,10 @@ class ExecutionApiError(AirflowException):
         code: str | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        conn_id: str | None = None,
     ) -> None:
         self.vendor = vendor
+        self.conn_id = conn_id
         self.method = method
         self.path = path
         self.status_code: int | None = status_code  # type: ignore[assignment]  # the vendor's HTTP status, not ours
@@ -35,7 +37,8 @@ class ExecutionApiError(AirflowException):
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.vendor} API {self.method} {self.path}"
+        connection = f" (connection {self.conn_id!r})" if self.conn_id else ""
+        where = f"{self.vendor} API{connection} {self.method} {self.path}"
         what = f"HTTP {self.status_code}" if self.status_code is not None else "no usable response"
         if self.code:
             what += f" {self.code}"
@@ -53,7 +56,9 @@ def _rebuild_api_error(state: dict) -> ExecutionApiError:
     return ExecutionApiError(**state)
 
 
-_API_ERROR_FIELDS = ("vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after")
+_API_ERROR_FIELDS = (
+    "vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after", "conn_id"
+)
 
 
 class ExecutionFailed(AirflowException):

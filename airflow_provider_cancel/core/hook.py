@@ -151,6 +151,7 @@ class ExecutionHook(BaseHook):
             auth_headers={**self.auth_headers(key), **self.extra_headers(extra)},
             timeouts=timeouts,
             retry=retry,
+            conn_id=self.conn_id,
         )
 
     def auth_headers(self, key: str) -> dict[str, str]:

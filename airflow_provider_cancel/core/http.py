@@ -13,6 +13,7 @@ Design notes (why, not what):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import json
@@ -21,7 +22,7 @@ import ssl
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,7 +35,10 @@ from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfi
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"airflow-provider-cancel/{__version__}"
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# 500 too: vendors answer it for passing failures; like 502/504 it is retried only when retry_safe.
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# A status or result page this large is not a vendor answer we can use (and would bloat memory and XCom).
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Failures where the request provably never reached the vendor's application.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 _TRANSPORT_ERRORS = (httpx.TransportError,)
@@ -209,8 +213,10 @@ class ApiClient:
         timeouts: ClientTimeouts | None = None,
         retry: RetryPolicy | None = None,
         error_parser: Callable[[Any], tuple[str | None, str | None, str | None]] = parse_error_body,
+        conn_id: str | None = None,
     ) -> None:
         self.vendor = vendor
+        self.conn_id = conn_id  # named in every error, so a user knows which connection to fix
         self.base_url = base_url.rstrip("/")
         self._auth_headers = dict(auth_headers)
         self.timeouts = timeouts or ClientTimeouts()
@@ -233,6 +239,7 @@ class ApiClient:
             timeouts=timeouts or self.timeouts,
             retry=retry or self.retry,
             error_parser=self._error_parser,
+            conn_id=self.conn_id,
         )
 
     # -- sync ------------------------------------------------------------------------------------------
@@ -253,36 +260,49 @@ class ApiClient:
             self._sync = None
 
     def request(self, call: ApiCall) -> Any:
-        for attempt in self._retrying(call, tenacity.Retrying, sleep=self.sleep):
-            with attempt:
-                response = self._sync_client().request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.json,
-                    headers={**call.headers, **self._auth_headers},
-                )
-                return self._handle(call, response)
+        with self._naming(call):
+            for attempt in self._retrying(call, tenacity.Retrying, sleep=self.sleep):
+                with attempt:
+                    response = self._sync_client().request(
+                        call.method,
+                        call.path,
+                        params=call.params,
+                        json=call.json,
+                        headers={**call.headers, **self._auth_headers},
+                    )
+                    return self._handle(call, response)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- async -----------------------------------------------------------------------------------------
     async def arequest(self, call: ApiCall) -> Any:
         client = shared_async_client(self.base_url)
-        async for attempt in self._retrying(call, tenacity.AsyncRetrying):
-            with attempt:
-                response = await client.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.json,
-                    headers={**call.headers, **self._auth_headers},
-                    timeout=self.timeouts.httpx(),
-                )
-                await response.aread()
-                return self._handle(call, response)
+        with self._naming(call):
+            async for attempt in self._retrying(call, tenacity.AsyncRetrying):
+                with attempt:
+                    response = await client.request(
+                        call.method,
+                        call.path,
+                        params=call.params,
+                        json=call.json,
+                        headers={**call.headers, **self._auth_headers},
+                        timeout=self.timeouts.httpx(),
+                    )
+                    await response.aread()
+                    return self._handle(call, response)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- shared ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _naming(self, call: ApiCall) -> Iterator[None]:
+        """A transport error (bad host, refused, timed out) keeps its type, which retry decisions rely on, and
+        gains a note naming the request and the connection."""
+        try:
+            yield
+        except httpx.TransportError as err:
+            connection = f" (connection {self.conn_id!r})" if self.conn_id else ""
+            err.add_note(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}")
+            raise
+
     def _retrying(self, call: ApiCall, kind: type, **extra: Any) -> Any:
         policy = self.retry
 
@@ -331,6 +351,11 @@ class ApiClient:
             )
         if not response.content:
             return {}
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise self._error(  # a 200: not transient, retrying would fetch the same oversized body
+                call, status, f"response of {len(response.content):,} bytes is over the {MAX_RESPONSE_BYTES:,}-byte "
+                "limit of this provider", request_id=_request_id(response.headers),
+            )
         try:
             return response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -341,7 +366,8 @@ class ApiClient:
 
     def _error(self, call: ApiCall, status: int | None, message: str, **kw: Any) -> ExecutionApiError:
         return ExecutionApiError(
-            vendor=self.vendor, method=call.method, path=call.path, status_code=status, message=message, **kw
+            vendor=self.vendor, method=call.method, path=call.path, status_code=status, message=message,
+            conn_id=self.conn_id, **kw
         )
 
 

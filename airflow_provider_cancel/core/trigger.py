@@ -21,11 +21,14 @@ from pydantic import BaseModel, ValidationError
 
 from airflow_provider_cancel.core.errors import ExecutionApiError
 from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook
-from airflow_provider_cancel.core.http import NO_RETRY, is_transient
+from airflow_provider_cancel.core.http import RetryPolicy, is_transient
 from airflow_provider_cancel.core.poll import PollSchedule
 from airflow_provider_cancel.core.state import ExecutionState
 
 CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by default)
+# A cancel refused by a transient fault (429, 503, a dropped connection) is sent again (back-offs 0.5-4 s, ~12 s in
+# all, inside CANCEL_TIMEOUT): one lost cancel would leave the execution running after its task died.
+CANCEL_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=4.0, max_retry_after=5.0)
 STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s a 3.0-3.2 triggerer waits between SIGINT and SIGTERM at shutdown
 
 
@@ -161,7 +164,7 @@ class ExecutionTrigger(BaseTrigger):
     async def _cancel(self, reason: str) -> str:
         name = f"{self.hook.vendor} execution {self.execution_id}"
         try:
-            client = (await self.hook.aclient()).with_options(retry=NO_RETRY)
+            client = (await self.hook.aclient()).with_options(retry=CANCEL_RETRY)
             outcome = await asyncio.wait_for(self.hook.acancel(self.execution_id, client=client), CANCEL_TIMEOUT)
         except (ExecutionApiError, Exception) as err:
             self.log.error("Could not cancel %s (%s): %s", name, reason, err)

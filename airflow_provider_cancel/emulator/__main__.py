@@ -40,6 +40,7 @@ faults
 
   kind         429              429, the vendor's 429 body and Retry-After (retry_after, default 1 s)
                500 502 503 504  that status with the vendor's error body (Retry-After if retry_after is set)
+               403              the vendor's 403 body: the key is refused mid-run (not transient)
                slow             waits `delay` seconds (default 5), then answers normally
                drop             sends headers and part of the body, then closes the connection
                malformed        200 with a truncated, invalid JSON body

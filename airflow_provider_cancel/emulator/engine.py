@@ -187,7 +187,8 @@ class Journal:
 # --------------------------------------------------------------------------------------------------------------
 # Faults and rate limits
 
-FaultKind = Literal["429", "500", "502", "503", "504", "slow", "drop", "malformed"]
+# 403: the vendor starts refusing the key mid-run (revoked, out of credit), the one fault a client must not ride out.
+FaultKind = Literal["403", "429", "500", "502", "503", "504", "slow", "drop", "malformed"]
 
 
 class Fault(BaseModel):

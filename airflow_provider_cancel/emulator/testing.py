@@ -44,6 +44,28 @@ def wait_for(
         time.sleep(interval)
 
 
+SPACE_ID, RUNTIME_ID = "5b0f6a57-4d1e-4c3a-9f0e-2d7c1b8a9e01", "a1c2e3f4-5b6d-4e7f-8091-a2b3c4d5e6f7"
+
+
+def operator_args(vendor: str, scenario: str, tag: str = "") -> dict[str, Any]:
+    """Arguments for a vendor's operator that make the emulator run ``scenario`` (e.g. ``"fail:2"``), with ``tag``
+    inside the create request so the execution can be told apart in ``executions()``."""
+    if vendor == "dune":
+        return {"sql": f"SELECT 1 -- emulate:{scenario} {tag}"}
+    if vendor == "izieroma":
+        return {"goal": f"Run {tag} emulate:{scenario}"}
+    if vendor == "bctrl":
+        steps = [{"call": "browser.goto", "args": ["https://shop.example.com"]}]
+        return {"space_id": SPACE_ID, "runtime_id": RUNTIME_ID, "steps": steps,
+                "metadata": {"emulate": scenario, "tag": tag}}
+    if vendor == "meibel":
+        return {"batch_spec": {"name": tag or "run", "agent": "agent-7d1c", "user_message": f"emulate:{scenario}",
+                               "input": {"datasource_id": "ds-invoices"}}}
+    if vendor == "b3os":
+        return {"workflow_id": "wf_prices", "payload": {"emulate": scenario, "tag": tag}}
+    raise ValueError(f"unknown vendor {vendor!r}")
+
+
 class EmulatorClient:
     """The emulator's control API (``/_emulator``)."""
 

@@ -29,7 +29,7 @@ def test_429_with_retry_after(dune: httpx.Client, control: EmulatorClient) -> No
     assert control.faults() == []
 
 
-@pytest.mark.parametrize("kind", ["500", "502", "503", "504"])
+@pytest.mark.parametrize("kind", ["403", "500", "502", "503", "504"])
 def test_server_errors_carry_the_vendor_body(dune: httpx.Client, control: EmulatorClient, kind: str) -> None:
     execution_id = run_sql(dune)
     control.add_fault(kind=kind, vendor="dune", action="status")

@@ -183,8 +183,8 @@ def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu
 
 def test_an_api_error_mid_wait_cancels_before_failing(emu):
     task = op("forever")
-    emu.add_fault(vendor="b3os", action="status", kind="500", count=1)  # 500 is not transient
-    with pytest.raises(ExecutionApiError, match="HTTP 500"):
+    emu.add_fault(vendor="b3os", action="status", kind="403", count=1)  # the key is refused: not transient
+    with pytest.raises(ExecutionApiError, match="HTTP 403"):
         task.execute(context())
     assert len(emu.cancels(task.execution_id)) == 1
 
