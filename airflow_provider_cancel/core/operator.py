@@ -45,6 +45,8 @@ XCOM_EXECUTION_URL = "execution_url"
 STATE_STORE_KEY = "airflow_provider_cancel.execution_id"
 # on_kill runs ~5 s before SIGKILL in Airflow 3.3: one quick attempt, no retries, no waiting for confirmation.
 KILL_TIMEOUTS = ClientTimeouts(connect=2.0, read=2.5)
+KILL_RETRY_PAUSES = (0.2, 0.5, 1.0)  # then a last attempt; only while within KILL_RETRY_BUDGET seconds
+KILL_RETRY_BUDGET = 3.5
 # Extra time past the task's deadline before Airflow's own defer timeout fires as a backstop (K8).
 DEFER_BACKSTOP = timedelta(minutes=5)
 STOP_WAIT = 120.0  # how long a new try waits for an earlier try's cancelled execution to end before starting
@@ -59,6 +61,11 @@ def _default_deferrable() -> bool:
     except ImportError:  # Airflow 3.0
         from airflow.configuration import conf  # type: ignore[no-redef]
     return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+def _type_names(expected: tuple[type, ...]) -> str:
+    names = {bool: "True or False", str: "a string", int: "a number", float: "a number", type(None): "None"}
+    return " or ".join(dict.fromkeys(names.get(kind, kind.__name__) for kind in expected))
 
 
 def format_duration(seconds: float) -> str:
@@ -138,6 +145,11 @@ class ExecutionOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._check_types(
+            conn_id=(conn_id, (str, type(None))), deferrable=(deferrable, (bool, type(None))),
+            wait_for_completion=(wait_for_completion, (bool,)), cancel_on_kill=(cancel_on_kill, (bool,)),
+            poll_interval=(poll_interval, (int, float)), max_poll_interval=(max_poll_interval, (int, float)),
+        )
         if on_existing not in ("reattach", "cancel"):
             raise ProviderConfigError(
                 f"{self.task_id}: on_existing must be 'reattach' or 'cancel', got {on_existing!r}"
@@ -162,6 +174,12 @@ class ExecutionOperator(BaseOperator):
         self._killed = False
         self._wake = threading.Event()
         default_doc_md(self)
+
+    def _check_types(self, **arguments: tuple[Any, tuple[type, ...]]) -> None:
+        """At DAG parse: "no" is not False and "5" is not 5 (a truthy string would still cancel, defer...)."""
+        for name, (value, expected) in arguments.items():
+            if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+                raise ProviderConfigError(f"{self.task_id}: {name} must be {_type_names(expected)}, got {value!r}")
 
     # -- vendor adapter: override ----------------------------------------------------------------------
     def validate_request(self) -> None:
@@ -386,7 +404,10 @@ class ExecutionOperator(BaseOperator):
         try:
             status = hook.get_status(previous)
         except ExecutionApiError as err:
-            self.log.warning("An earlier try recorded %s execution %s, unreadable now (%s)", hook.vendor, previous, err)
+            if err.status_code != 404:
+                raise  # it may still run: starting another could make two; the next try looks again
+            self.log.warning("An earlier try recorded %s execution %s, unknown to the vendor now (%s): starting "
+                             "afresh", hook.vendor, previous, err)
             return None
         if status.state is ExecutionState.SUCCEEDED and self.on_existing == "reattach":
             # The earlier try died after the remote work was done (a success clears the record): use it.
@@ -426,6 +447,7 @@ class ExecutionOperator(BaseOperator):
     def _guarded(self, context: Context, wait: Any) -> Any:
         """Run `wait`; if it fails while the execution may still be live, cancel before failing."""
         try:
+            self._raise_if_killed()  # killed while the create was in flight: cancel what it started
             return wait()
         except TaskDeferred:
             raise
@@ -453,6 +475,21 @@ class ExecutionOperator(BaseOperator):
         self._wake.set()
         self._cancel_once("the task was killed")
 
+    def _cancel_within_budget(self, hook: ExecutionHook, client: Any) -> CancelOutcome:
+        """A 429, 503 or dropped connection must not leave the execution running: try again, briefly, while
+        Airflow's ~5 s between SIGTERM and SIGKILL last (time.sleep: this may run in a signal handler)."""
+        assert self.execution_id is not None
+        started = time.monotonic()
+        for pause in KILL_RETRY_PAUSES:
+            try:
+                return hook.cancel(self.execution_id, client=client)
+            except Exception as err:
+                if not is_transient(err) or time.monotonic() - started + pause > KILL_RETRY_BUDGET:
+                    raise
+                self.log.warning("Cancel of %s not accepted yet (%s); trying again", self.execution_id, err)
+                time.sleep(pause)
+        return hook.cancel(self.execution_id, client=client)
+
     def _cancel_once(self, reason: str) -> None:
         """Send at most one cancel, quickly, and never raise: this may run inside a signal handler."""
         if self._ended or self._cancel_sent or not self.execution_id:
@@ -465,7 +502,7 @@ class ExecutionOperator(BaseOperator):
             hook = self.hook
             client = hook.client.with_options(timeouts=KILL_TIMEOUTS, retry=NO_RETRY)  # no comms, fresh socket
             try:
-                outcome = hook.cancel(self.execution_id, client=client)
+                outcome = self._cancel_within_budget(hook, client)
             finally:
                 client.close()
             if outcome is CancelOutcome.REQUESTED:

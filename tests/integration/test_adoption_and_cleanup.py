@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 
 import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
 from airflow_provider_cancel.cancel import CancelExecutionOperator
-from airflow_provider_cancel.core.errors import ExecutionCancelledRemotely, ProviderConfigError
+from airflow_provider_cancel.core.errors import (
+    ExecutionApiError,
+    ExecutionCancelledRemotely,
+    ExecutionKilled,
+    ProviderConfigError,
+)
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
+from airflow_provider_cancel.emulator.testing import wait_for
 
 from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, make_context
 from .vendor_ops import scenario_operator
@@ -166,3 +173,58 @@ def test_an_earlier_trys_succeeded_execution_gives_its_result_without_a_new_star
     assert result is not None and len(journal_ids(emu, vendor, "create")) == creates_before
     assert STATE_STORE_KEY not in store.values  # forgotten on success: a later clear runs anew
     assert emu.cancels(first) == []
+
+
+def in_thread(task, context) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = task.execute(context)
+        except BaseException as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_kill_whose_first_cancel_is_refused_transiently_still_cancels(emu, vendor):
+    """on_kill tries again, briefly, when the cancel meets a 429 (within Airflow's ~5 s before SIGKILL)."""
+    task_id, store, ti = fresh_task("k429")
+    task = scenario_operator(vendor, "forever", task_id=task_id)
+    thread, outcome = in_thread(task, make_context(ti, store))
+    wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 30)
+    emu.add_fault(vendor=vendor, action="cancel", kind="429", retry_after=0, count=1)
+    task.on_kill()
+    thread.join(30)
+    assert isinstance(outcome.get("error"), ExecutionKilled)
+    codes = [c["status_code"] for c in emu.cancels(task.execution_id)]
+    assert codes[0] == 429 and len(codes) == 2 and codes[1] < 300
+
+
+def test_a_kill_while_the_create_is_in_flight_cancels_what_it_started(emu, vendor, monkeypatch):
+    task_id, store, ti = fresh_task("kcreate")
+    task = scenario_operator(vendor, "forever", task_id=task_id)
+    create = task.start_execution
+
+    def killed_meanwhile(hook, context):
+        execution_id = create(hook, context)
+        task.on_kill()  # lands before the id is known: nothing to cancel yet
+        return execution_id
+
+    monkeypatch.setattr(task, "start_execution", killed_meanwhile)
+    with pytest.raises(ExecutionKilled):
+        task.execute(make_context(ti, store))
+    assert len(emu.cancels(task.execution_id)) == 1
+
+
+def test_a_recorded_execution_that_cannot_be_read_is_never_replaced(emu, vendor):
+    """Unreadable (not 404): it may still run, so the try fails rather than start a second one."""
+    task_id, store, ti1 = fresh_task("unreadable")
+    started_by_try_one(vendor, "forever", task_id, store, ti1)
+    creates = len(journal_ids(emu, vendor, "create"))
+    emu.add_fault(vendor=vendor, action="status", kind="403", count=1)
+    with pytest.raises(ExecutionApiError):
+        scenario_operator(vendor, "forever", task_id=task_id).execute(make_context(FakeTI(task_id, 2), store))
+    assert len(journal_ids(emu, vendor, "create")) == creates

@@ -152,7 +152,6 @@ def test_bad_common_arguments_fail_at_dag_parse_naming_the_field(vendor, kwargs,
         operator(task_id="t", **args, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="core/operator.py (the lead's) does not check these types yet: see the report")
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
