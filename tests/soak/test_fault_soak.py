@@ -203,15 +203,13 @@ def test_fault_soak(soak_emulator: EmulatorProcess) -> None:
     started = time.monotonic()
     try:
         emu.reset()  # the session's emulator: figures from this test only
-        for rule in fault_rules(FAULTS):
+        for rule in fault_rules({**FAULTS, **CANCEL_FAULTS}):
             emu.add_fault(**rule)
         # Phase 1, sync: operators polling in 16 worker threads, 35% killed mid-way.
         sync_jobs = plan_jobs(0, SYNC_JOBS, "sync", SYNC_MIX, rng)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda job: run_sync(job, random.Random(job.index)), sync_jobs))
         # Phase 2, async: start and defer in worker threads, then every trigger in one loop, then resume.
-        for rule in fault_rules(CANCEL_FAULTS):
-            emu.add_fault(**rule)
         async_jobs = plan_jobs(SYNC_JOBS, ASYNC_JOBS, "async", ASYNC_MIX, rng)
         with ThreadPoolExecutor(16) as pool:
             triggers = list(pool.map(start_deferred, async_jobs))
