@@ -125,6 +125,7 @@ class ExecutionOperator(BaseOperator):
     """
 
     hook_class: ClassVar[type[ExecutionHook]]
+    defer_backstop: ClassVar[timedelta] = DEFER_BACKSTOP
     template_fields: Sequence[str] = ("conn_id",)
     ui_color = "#f4e6ff"
 
@@ -310,7 +311,7 @@ class ExecutionOperator(BaseOperator):
             ),
             method_name="execute_complete",
             timeout=(
-                timedelta(seconds=deadline - time.time()) + DEFER_BACKSTOP if deadline is not None else None
+                timedelta(seconds=deadline - time.time()) + self.defer_backstop if deadline is not None else None
             ),
         )
 

@@ -825,14 +825,21 @@ class AirflowStack:
             self.wait_healthy(timeout=timeout)
         return pid
 
-    def restart_triggerer(self, sig: int = signal.SIGTERM, timeout: float = 120, kill_after: float = 30) -> int:
+    def restart_triggerer(
+        self,
+        sig: int = signal.SIGTERM,
+        timeout: float = 120,
+        kill_after: float = 30,
+        while_down: Callable[[], object] | None = None,
+    ) -> int:
         """Stop every triggerer of the stack with ``sig`` and start one new triggerer; wait until it is alive.
 
         With SIGTERM the old triggerer shuts down gracefully and ends its job, so its triggers are re-assigned
         at once. With SIGKILL the old job stays "alive" until ``[triggerer] triggerer_health_check_threshold``
         (default 30 s) expires; only then does the new triggerer pick the triggers up.
         Processes of the old triggerer (trigger runner, serve-logs) still alive after ``kill_after`` s are
-        SIGKILLed. Returns the pid of the new triggerer.
+        SIGKILLed. ``while_down`` runs once no triggerer is left, before the new one starts.
+        Returns the pid of the new triggerer.
         """
         old = self.triggerer_pids()
         procs = self.processes()
@@ -852,6 +859,8 @@ class AirflowStack:
         self.wait_until(
             lambda: not any(pid_alive(p) for p in old_tree), timeout=15, interval=0.1, message="old tree gone"
         )
+        if while_down is not None:
+            while_down()
         return self._start_triggerer({}, True, timeout)
 
     def run_cli(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:

@@ -39,6 +39,7 @@ def stack(e2e_emulator: EmulatorProcess) -> Iterator[AirflowStack]:
         )
         for vendor in VENDORS
     }
+    env["AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL"] = "2"  # K8's backstop fires within 2 s, not 15
     with AirflowStack(DAGS, env=env, parallelism=32) as airflow:
         yield airflow
 

@@ -1,5 +1,9 @@
 """K12 on a real Airflow 3.3: the triggerer restarts, then a second triggerer takes over, while five deferred
 executions (one per vendor) run. Nothing may be cancelled; polling resumes; every task ends with the real outcome.
+
+K8 (backstop) in the same run: while no triggerer runs, nothing watches the deferred `k8_backstop_*` tasks; the
+scheduler's defer timeout (their deadline + a 1 s `defer_backstop`) resumes them on a worker with ``__fail__``,
+which cancels the recorded execution.
 """
 
 from __future__ import annotations
@@ -33,10 +37,22 @@ def test_triggerer_restart_and_takeover_cancel_nothing(stack, emu_client, matrix
         stack.wait_ti(DAG_ID, run_id, task_id, {"deferred"}, timeout=DEADLINE, fail_states={"failed", "success"})
         ids[vendor] = stack.wait_until(lambda t=task_id: stack.xcom(DAG_ID, run_id, t, key="execution_id"),
                                        timeout=DEADLINE, message=f"{task_id} recorded its execution id")
-    stack.wait_until(lambda: polled_since(emu_client, ids, 0), timeout=DEADLINE, message="every execution polled")
+    backstops = {vendor: stack.wait_until(
+        lambda v=vendor: stack.xcom(DAG_ID, run_id, f"k8_backstop_{v}", key="execution_id"), timeout=DEADLINE,
+        message=f"k8_backstop_{vendor} recorded its execution id") for vendor in VENDORS}
+    stack.wait_until(lambda: polled_since(emu_client, {**ids, **backstops}, 0), timeout=DEADLINE,
+                     message="every execution polled")
+    backstop_tis: dict[str, dict] = {}
+
+    def backstops_fire() -> None:
+        """No triggerer: only the scheduler's defer timeout can end the backstop tasks (deadline 45 s + 1 s)."""
+        for vendor in VENDORS:
+            backstop_tis[vendor] = stack.wait_ti(DAG_ID, run_id, f"k8_backstop_{vendor}", {"failed"},
+                                                 timeout=DEADLINE, fail_states={"success"})
 
     restarted_at = now()
-    triggerer = stack.restart_triggerer(signal.SIGTERM)  # graceful: its triggers are re-assigned at once
+    # graceful: its triggers are re-assigned at once to the new triggerer
+    triggerer = stack.restart_triggerer(signal.SIGTERM, while_down=backstops_fire)
     stack.wait_until(lambda: polled_since(emu_client, ids, restarted_at), timeout=DEADLINE,
                      message="polling resumed on the restarted triggerer")
 
@@ -46,6 +62,15 @@ def test_triggerer_restart_and_takeover_cancel_nothing(stack, emu_client, matrix
     stack.wait_until(lambda: not pid_alive(triggerer), timeout=120, message="the first triggerer stopped")
     stack.wait_until(lambda: polled_since(emu_client, ids, taken_over_at), timeout=DEADLINE,
                      message="polling resumed on the second triggerer")
+
+    for vendor, execution_id in backstops.items():
+        ti = backstop_tis[vendor]
+        count = len(emu_client.cancels(execution_id))
+        log = stack.task_log(DAG_ID, run_id, f"k8_backstop_{vendor}", ti["try_number"])
+        resumed = "the trigger failed or timed out" in log
+        matrix.add(path="K8", vendor=vendor, mode="deferred, defer timeout backstop (no triggerer)", cancels=count,
+                   state=ti["state"], latency=None, result="pass" if count == 1 and resumed else "FAIL")
+        assert count == 1 and resumed, (execution_id, count, log[-2000:])
 
     for vendor, execution_id in ids.items():
         ti = stack.wait_ti(DAG_ID, run_id, f"k12_{vendor}", {"success"}, timeout=DEADLINE, fail_states={"failed"})

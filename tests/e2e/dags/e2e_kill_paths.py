@@ -111,7 +111,11 @@ for vendor, factory in FACTORIES.items():
     globals()[dag.dag_id] = dag
 
 # K12: one deferred task per vendor, long enough (30 polls) to live through a triggerer restart and a takeover,
-# which the test makes within the executions' first few polls.
+# which the test makes within the executions' first few polls. K8 backstop: while the triggerer is down, the
+# scheduler's defer timeout (the task's deadline + `defer_backstop`) resumes the task with __fail__.
 with DAG(dag_id="e2e_handover", schedule=None, start_date=datetime(2025, 1, 1), catchup=False) as e2e_handover:
     for vendor, factory in FACTORIES.items():
         factory(f"k12_{vendor}", "succeed:30", deferrable=True, **FAST)
+        backstop = factory(f"k8_backstop_{vendor}", "forever", deferrable=True,
+                           execution_timeout=timedelta(seconds=45), **FAST)
+        backstop.defer_backstop = timedelta(seconds=1)
