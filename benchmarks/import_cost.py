@@ -21,7 +21,7 @@ BASELINE_MODULES = {
     "Databricks operators": "airflow.providers.databricks.operators.databricks",
     "dbt Cloud operators": "airflow.providers.dbt.cloud.operators.dbt",
 }
-HEAVY = ("aiohttp", "httpx_aiohttp", "fastapi", "uvicorn", "starlette", "airflow_provider_cancel.emulator", "pandas")
+HEAVY = ("aiohttp", "tenacity", "fastapi", "uvicorn", "starlette", "airflow_provider_cancel.emulator", "pandas")
 
 _PROBE = """
 import json, sys, time
