@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import random
+import re
 import ssl
 import time
 import urllib.parse
@@ -100,8 +101,13 @@ class RateLimit:
         return self.remaining is not None and self.remaining <= 0
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
 def quote_path_id(value: str) -> str:
     """Percent-encode an id for use as one path segment (a `/`, `?` or `#` stays inside it)."""
+    if _UNRESERVED.fullmatch(value):  # most ids: nothing to encode (a poll builds this every time)
+        return value
     return urllib.parse.quote(value, safe="")
 
 
@@ -123,23 +129,30 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit:
-    def number(name: str) -> float | None:
-        try:
-            return float(headers[name])
-        except (KeyError, ValueError):
-            return None
+_NO_RATE_LIMIT = RateLimit()  # immutable: one shared instance when a vendor sends no rate-limit headers
 
-    remaining = number("x-ratelimit-remaining")
-    reset = number("x-ratelimit-reset")
+
+def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit:
+    remaining = _number(headers.get("x-ratelimit-remaining"))
+    reset = _number(headers.get("x-ratelimit-reset"))
+    retry_after = headers.get("retry-after")
+    if remaining is None and reset is None and not retry_after:
+        return _NO_RATE_LIMIT
     # Vendors send an epoch timestamp; some send seconds-until-reset. A small number is the latter.
     if reset is not None and reset < 1e9:
         reset = time.time() + reset
     return RateLimit(
         remaining=None if remaining is None else int(remaining),
         reset_at=reset,
-        retry_after=parse_retry_after(headers.get("retry-after")),
+        retry_after=parse_retry_after(retry_after),
     )
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def _first_text(*candidates: Any) -> str | None:
