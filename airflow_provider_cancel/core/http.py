@@ -234,6 +234,7 @@ class ApiClient:
         self._error_parser = error_parser
         self._sync: httpx.Client | None = None
         self._async_timeout: Any = None  # aiohttp.ClientTimeout, built on first async use
+        self._urls: dict[str, Any] = {}  # path -> yarl.URL: a trigger polls one path thousands of times
         self.rate_limit = RateLimit()
         # How sync retries wait; an operator swaps in a sleep that a kill interrupts.
         self.sleep: Callable[[float], None] = time.sleep
@@ -314,7 +315,7 @@ class ApiClient:
         try:
             async with session.request(
                 call.method,
-                _encoded_url(self.base_url + call.path),
+                self._url(call.path),
                 params=_query(call.params),
                 json=call.json,
                 headers={**call.headers, **self._auth_headers},
@@ -328,6 +329,15 @@ class ApiClient:
                 raise
             raise mapped from exc
         return self._handle(call, raw)
+
+    def _url(self, path: str) -> Any:
+        url = self._urls.get(path)
+        if url is None:
+            from yarl import URL
+
+            # As is: quote_path_id already percent-encoded the ids, aiohttp must not encode them again.
+            url = self._urls[path] = URL(self.base_url + path, encoded=True)
+        return url
 
     # -- shared ----------------------------------------------------------------------------------------
     def _retry_delay(self, call: ApiCall, exc: Exception, attempt: int) -> float | None:
@@ -394,13 +404,6 @@ class RawResponse:
 
     def json(self) -> Any:
         return json.loads(self.content)
-
-
-def _encoded_url(text: str) -> Any:
-    """The URL as is: quote_path_id already percent-encoded the ids, aiohttp must not encode them again."""
-    from yarl import URL
-
-    return URL(text, encoded=True)
 
 
 def _query(params: Mapping[str, Any] | None) -> dict[str, str] | None:
