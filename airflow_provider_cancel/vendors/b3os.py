@@ -56,7 +56,7 @@ DETAIL_LIMIT = 500  # characters of one failed node's result in an exception mes
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class Envelope(_Model):

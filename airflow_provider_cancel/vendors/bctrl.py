@@ -96,7 +96,7 @@ STATUS_WORDS = {
 
 # -- payloads (unknown fields tolerated) ---------------------------------------------------------------------
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class InvocationError(_Model):

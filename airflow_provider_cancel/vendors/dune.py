@@ -39,7 +39,7 @@ PAGE_SIZE = 1000
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class DuneError(_Model):

@@ -62,7 +62,7 @@ METADATA_VALUE_CHARS = (1, 500)
 
 # -- payloads ----------------------------------------------------------------------------------------------
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class RomaStarted(_Model):

@@ -70,7 +70,7 @@ ID_EXAMPLE = "3f2b8c1e-6f0a-4d9e-9b1c-2a7d5e8f4c10"
 
 # -- payloads ------------------------------------------------------------------------------------------------
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class BatchItemResult(_Model):
