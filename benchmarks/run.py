@@ -45,12 +45,13 @@ class Config:
     kill_background: int
     import_repeats: int
     economy_runs: int
+    e2e_kills: int  # per kind (running, deferred), on a real Airflow: only with --only ...,e2e
 
 
 FULL = Config(scale=((1000, 1.0, 20.0), (10000, 10.0, 30.0)), scale_repeats=3, httpx_slow=(1000, 10.0, 20.0),
-              kills=200, kill_background=200, import_repeats=7, economy_runs=500)
+              kills=200, kill_background=200, import_repeats=7, economy_runs=500, e2e_kills=12)
 QUICK = Config(scale=((1000, 1.0, 5.0),), scale_repeats=1, httpx_slow=None,
-               kills=20, kill_background=50, import_repeats=2, economy_runs=100)
+               kills=20, kill_background=50, import_repeats=2, economy_runs=100, e2e_kills=4)
 CLIENTS = ("ours", "databricks", "httpx", "aiohttp", "idle")
 
 
@@ -162,6 +163,12 @@ def run_cancel(config: Config, emulator: Any, standin: StandIn, ids: list[str]) 
         journal.close()
         os.unlink(ids_file)
     return out
+
+
+def run_e2e(config: Config) -> dict[str, Any]:
+    log(f"end-to-end cancel latency on a real Airflow: {config.e2e_kills} kills of each kind (one stack)")
+    return run_child_json([sys.executable, str(BENCH_DIR / "e2e_cancel.py"), "--kills", str(config.e2e_kills)],
+                          env=bench_env(baselines=False), timeout=3600)
 
 
 def run_imports(config: Config) -> list[dict[str, Any]]:
@@ -277,6 +284,15 @@ def table(data: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
             f"{ours_c['median_ms']:.1f} / {ours_c['p99_ms']:.1f}", base_text,
             f"Databricks / ours = {_fmt(ratio)}x (p99)",
             "p99 < 50 ms", _ok(ours_c["p99_ms"] < 50 and ours_c["received"] == ours_c["kills"]))
+    e2e = data.get("e2e_cancel")
+    if e2e and "error" not in e2e:
+        heartbeat = e2e["config"].get("workers.min_heartbeat_interval") or "?"
+        for kind in ("running", "deferred"):
+            row = e2e[kind]
+            add(f"cancel latency end to end, REST mark failed -> API ({kind} task): median / p99 s over "
+                f"{row['kills']} kills", f"{row['median_s']:.2f} / {row['p99_s']:.2f}",
+                f"Airflow's [workers] min_heartbeat_interval {heartbeat} s; [triggerer] job_heartbeat_sec "
+                f"{e2e['config'].get('triggerer.job_heartbeat_sec') or '?'} s", "-", "report", "-")
     imports = data.get("imports", [])
     base_text = "; ".join(f"{r['name']} {_fmt(r.get('median_ms'), 0)} ms" for r in imports if r["side"] == "baseline")
     smallest_base = min((r["median_ms"] for r in imports if r["side"] == "baseline" and r.get("median_ms")),
@@ -320,13 +336,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small N, short windows, one repeat (< 3 minutes)")
     parser.add_argument("--only", default="scale,cancel,imports,economy",
-                        help="comma-separated subset of: scale, cancel, imports, economy")
+                        help="comma-separated subset of: scale, cancel, imports, economy, e2e (a real Airflow "
+                        "stack, ~10 minutes: not in the default)")
     parser.add_argument("--json", default="", help="raw results file (default: results/latest.json, "
                         "results/quick.json with --quick)")
-    parser.add_argument("--from-json", default="", help="measure nothing: print the table of an earlier run")
+    parser.add_argument("--from-json", default="", help="measure nothing: print the table of an earlier run "
+                        "(several files, comma-separated, are merged: e.g. a full run and an e2e run)")
     args = parser.parse_args()
     if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
+        data = {}
+        for path in args.from_json.split(","):
+            data.update(json.loads(Path(path).read_text()))
         report(data, args.from_json)
         return
     config = QUICK if args.quick else FULL
@@ -356,6 +376,13 @@ def main() -> None:
         save()
     if "imports" in only:
         data["imports"] = run_imports(config)
+        save()
+    if "e2e" in only:
+        try:
+            data["e2e_cancel"] = run_e2e(config)
+        except RuntimeError as err:
+            log(f"  failed: {err}")
+            data["e2e_cancel"] = {"error": str(err)[-2000:]}
         save()
     if only & {"scale", "cancel"}:
         from airflow_provider_cancel.emulator.testing import EmulatorProcess
