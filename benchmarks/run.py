@@ -341,7 +341,8 @@ def main() -> None:
     parser.add_argument("--json", default="", help="raw results file (default: results/latest.json, "
                         "results/quick.json with --quick)")
     parser.add_argument("--from-json", default="", help="measure nothing: print the table of an earlier run "
-                        "(several files, comma-separated, are merged, later ones winning: e.g. an e2e run, then a full run)")
+                        "(several files, comma-separated, are merged, later ones winning: e.g. an e2e run, "
+                        "then a full run)")
     args = parser.parse_args()
     if args.from_json:
         data = {}
