@@ -188,13 +188,8 @@ def main() -> None:
     parser.add_argument("--ids-file", default="", help="JSON list of live execution ids (triggers)")
     parser.add_argument("--background", type=int, default=0, help="other triggers polling in the same loop")
     parser.add_argument("--interval", type=float, default=1.0, help="poll interval of the background triggers")
-    parser.add_argument("--patched", action="store_true", help="apply the proposed core diff first")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    if args.patched:
-        import patches
-
-        patches.apply()
     ids = json.loads(Path(args.ids_file).read_text()) if args.ids_file else []
     if args.kind.startswith("databricks"):
         ids = [str(1_000_000 + i) for i in range(args.kills + args.background)]

@@ -45,13 +45,14 @@ class Config:
     kill_background: int
     import_repeats: int
     economy_runs: int
+    e2e_kills: int  # per kind (running, deferred), on a real Airflow: only with --only ...,e2e
 
 
 FULL = Config(scale=((1000, 1.0, 20.0), (10000, 10.0, 30.0)), scale_repeats=3, httpx_slow=(1000, 10.0, 20.0),
-              kills=200, kill_background=200, import_repeats=7, economy_runs=500)
+              kills=200, kill_background=200, import_repeats=7, economy_runs=500, e2e_kills=12)
 QUICK = Config(scale=((1000, 1.0, 5.0),), scale_repeats=1, httpx_slow=None,
-               kills=20, kill_background=50, import_repeats=2, economy_runs=100)
-CLIENTS = ("ours", "ours-patched", "databricks", "httpx", "aiohttp", "idle")
+               kills=20, kill_background=50, import_repeats=2, economy_runs=100, e2e_kills=4)
+CLIENTS = ("ours", "databricks", "httpx", "aiohttp", "idle")
 
 
 def log(message: str) -> None:
@@ -70,7 +71,7 @@ def cpu_pressure() -> float | None:
 # -- the four benchmarks ---------------------------------------------------------------------------------------
 
 
-def run_scale(config: Config, emulator: Any, standin: StandIn, ids_file: str, patched: bool,
+def run_scale(config: Config, emulator: Any, standin: StandIn, ids_file: str,
               results: list[dict[str, Any]], save: Callable[[], None]) -> None:
     env = bench_env({
         "AIRFLOW_CONN_DUNE_BENCH": ours_conn(emulator.base_url("dune")),
@@ -80,7 +81,7 @@ def run_scale(config: Config, emulator: Any, standin: StandIn, ids_file: str, pa
     for n, interval, window in config.scale:
         for repeat in range(config.scale_repeats):
             for client in CLIENTS:  # interleaved: noise hits every client alike
-                if (client == "ours-patched" and not patched) or (client == "idle" and repeat > 0):
+                if client == "idle" and repeat > 0:
                     continue
                 if client == "httpx" and (n > 1000 or repeat > 0 or config.httpx_slow is None):
                     continue  # it collapses at 1,000 x 1 s already: more runs would only cost minutes
@@ -111,7 +112,7 @@ def run_scale(config: Config, emulator: Any, standin: StandIn, ids_file: str, pa
                 f"p99 latency {result['latency_p99_ms']:.0f} ms")
 
 
-def run_cancel(config: Config, emulator: Any, standin: StandIn, ids: list[str], patched: bool) -> dict[str, Any]:
+def run_cancel(config: Config, emulator: Any, standin: StandIn, ids: list[str]) -> dict[str, Any]:
     env = bench_env({
         "AIRFLOW_CONN_DUNE_BENCH": ours_conn(emulator.base_url("dune")),
         "AIRFLOW_CONN_DATABRICKS_BENCH": databricks_conn(standin.port),
@@ -119,29 +120,20 @@ def run_cancel(config: Config, emulator: Any, standin: StandIn, ids: list[str], 
     journal = emulator.client()
     out: dict[str, Any] = {}
     kinds = ["trigger", "operator", "databricks-trigger", "databricks-operator"]
-    if patched:
-        kinds[1:1] = ["trigger-patched"]
-        kinds[3:3] = ["operator-patched"]
     import tempfile
 
-    kills, background = config.kills, config.kill_background
-    ids_files: dict[str, str] = {}
-    for number, kind in enumerate(("trigger", "trigger-patched")):  # a killed execution stays cancelled
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-            json.dump(ids[number * kills:(number + 1) * kills] + ids[2 * kills:2 * kills + background], handle)
-            ids_files[kind] = handle.name
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(ids[:config.kills + config.kill_background], handle)  # a killed execution stays cancelled
+    ids_file = handle.name
     try:
         for kind in kinds:
-            ids_file = ids_files.get(kind, ids_files["trigger"])
             log(f"cancel latency: {kind} x{config.kills}")
             since = journal.journal(action="cancel")[-1]["seq"] if journal.journal(action="cancel") else 0
             receipts_before = len(standin.receipts())
-            args = [sys.executable, str(BENCH_DIR / "cancel_latency.py"), "--kind", kind.replace("-patched", ""),
+            args = [sys.executable, str(BENCH_DIR / "cancel_latency.py"), "--kind", kind,
                     "--kills", str(config.kills), "--ids-file", ids_file]
             if kind.endswith("trigger"):
                 args += ["--background", str(config.kill_background)]
-            if kind.endswith("-patched"):
-                args.append("--patched")
             try:
                 result = run_child_json(args, env=env, timeout=600)
             except RuntimeError as err:
@@ -169,9 +161,14 @@ def run_cancel(config: Config, emulator: Any, standin: StandIn, ids: list[str], 
                 f"({len(latencies)}/{len(result['on_kill'])} cancels received)")
     finally:
         journal.close()
-        for path in ids_files.values():
-            os.unlink(path)
+        os.unlink(ids_file)
     return out
+
+
+def run_e2e(config: Config) -> dict[str, Any]:
+    log(f"end-to-end cancel latency on a real Airflow: {config.e2e_kills} kills of each kind (one stack)")
+    return run_child_json([sys.executable, str(BENCH_DIR / "e2e_cancel.py"), "--kills", str(config.e2e_kills)],
+                          env=bench_env(baselines=False), timeout=3600)
 
 
 def run_imports(config: Config) -> list[dict[str, Any]]:
@@ -238,14 +235,13 @@ def _schedule_text(s: dict[str, Any] | None) -> str:
             f"{s['late_ms']:.0f} ms, p99 request {s['latency_ms']:.0f} ms)")
 
 
-def table(data: dict[str, Any], patched: bool) -> list[tuple[str, str, str, str, str, str]]:
+def table(data: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str, str]] = []
     add: Callable[..., None] = lambda *cells: rows.append(tuple(cells))  # noqa: E731
     scale = data.get("scale", [])
     sizes = sorted({(r["n"], r["interval_s"]) for r in scale if r.get("client") == "ours" and "n" in r})
     for n, interval in sizes:
         ours = _scale_summary(scale, "ours", n, interval)
-        prop = _scale_summary(scale, "ours-patched", n, interval) if patched else None
         dbx = _scale_summary(scale, "databricks", n, interval)
         hx = _scale_summary(scale, "httpx", n, interval)
         hx_slow = [r for r in scale if r.get("client") == "httpx" and r.get("n") == n and "error" not in r
@@ -261,37 +257,42 @@ def table(data: dict[str, Any], patched: bool) -> list[tuple[str, str, str, str,
         base_cpu = f"Databricks {_fmt(dbx and dbx['cpu'], 3)}; httpx {httpx_text}; " \
                    f"aiohttp floor {_fmt(floor and floor['cpu'], 3)}"
         is_small = n <= 1000
-        for label, s in (("ours", ours), ("ours + proposed diff", prop)):
-            if s is None:
-                continue
-            ratio = dbx["cpu"] / s["cpu"] if dbx else None
-            add(f"{head}: CPU ms/poll ({label})", _fmt(s["cpu"], 3), base_cpu, f"Databricks / ours = {_fmt(ratio)}x",
-                "<= 0.35 ms / >= 1.9x" if is_small else "-",
-                f"{_ok(s['cpu'] <= 0.35)} / {_ok((ratio or 0) >= 1.9)}" if is_small else "-")
-            own = s["kb"] - idle["kb"] if idle else None
-            add(f"{head}: KB/execution, RSS ({label})",
-                f"{_fmt(s['kb'], 1)} ({_fmt(own, 1)} over idle)",
-                f"Databricks {_fmt(dbx and dbx['kb'], 1)}; httpx {_fmt(hx and hx['kb'], 1)}; "
-                f"floor {_fmt(floor and floor['kb'], 1)}; idle trigger {_fmt(idle and idle['kb'], 1)}",
-                f"Databricks / ours = {_fmt(dbx['kb'] / s['kb'] if dbx else None)}x",
-                "<= 5 KB" if is_small else "-", _ok(s["kb"] <= 5) if is_small else "-")
-            add(f"{head}: polls on schedule ({label})", _schedule_text(s),
-                f"Databricks {_schedule_text(dbx)}; httpx {_schedule_text(hx)}", "-",
-                "no falling behind" if not is_small else "report", _ok(s["kept"]) if not is_small else "-")
+        s, label = ours, "ours"
+        ratio = dbx["cpu"] / s["cpu"] if dbx else None
+        add(f"{head}: CPU ms/poll ({label})", _fmt(s["cpu"], 3), base_cpu, f"Databricks / ours = {_fmt(ratio)}x",
+            "<= 0.35 ms / >= 1.9x" if is_small else "-",
+            f"{_ok(s['cpu'] <= 0.35)} / {_ok((ratio or 0) >= 1.9)}" if is_small else "-")
+        own = s["kb"] - idle["kb"] if idle else None
+        add(f"{head}: KB/execution, RSS ({label})",
+            f"{_fmt(s['kb'], 1)} ({_fmt(own, 1)} over idle)",
+            f"Databricks {_fmt(dbx and dbx['kb'], 1)}; httpx {_fmt(hx and hx['kb'], 1)}; "
+            f"floor {_fmt(floor and floor['kb'], 1)}; idle trigger {_fmt(idle and idle['kb'], 1)}",
+            f"Databricks / ours = {_fmt(dbx['kb'] / s['kb'] if dbx else None)}x",
+            "<= 5 KB" if is_small else "-", _ok(s["kb"] <= 5) if is_small else "-")
+        add(f"{head}: polls on schedule ({label})", _schedule_text(s),
+            f"Databricks {_schedule_text(dbx)}; httpx {_schedule_text(hx)}", "-",
+            "no falling behind" if not is_small else "report", _ok(s["kept"]) if not is_small else "-")
     cancel = data.get("cancel", {})
-    for kind, base in (("trigger", "databricks-trigger"), ("trigger-patched", "databricks-trigger"),
-                       ("operator", "databricks-operator"), ("operator-patched", "databricks-operator")):
+    for kind, base in (("trigger", "databricks-trigger"), ("operator", "databricks-operator")):
         ours_c, base_c = cancel.get(kind), cancel.get(base)
         if not ours_c or "error" in ours_c:
             continue
-        label = kind.replace("-patched", " + proposed diff")
         base_text = "n/a" if not base_c or "error" in base_c else \
             f"Databricks {base_c['median_ms']:.1f} / {base_c['p99_ms']:.1f}"
         ratio = base_c["p99_ms"] / ours_c["p99_ms"] if base_c and "error" not in base_c else None
-        add(f"cancel latency, on_kill -> API ({label}): median / p99 ms over {ours_c['received']} kills",
+        add(f"cancel latency, on_kill -> API ({kind}): median / p99 ms over {ours_c['received']} kills",
             f"{ours_c['median_ms']:.1f} / {ours_c['p99_ms']:.1f}", base_text,
             f"Databricks / ours = {_fmt(ratio)}x (p99)",
             "p99 < 50 ms", _ok(ours_c["p99_ms"] < 50 and ours_c["received"] == ours_c["kills"]))
+    e2e = data.get("e2e_cancel")
+    if e2e and "error" not in e2e:
+        heartbeat = e2e["config"].get("workers.min_heartbeat_interval") or "?"
+        for kind in ("running", "deferred"):
+            row = e2e[kind]
+            add(f"cancel latency end to end, REST mark failed -> API ({kind} task): median / p99 s over "
+                f"{row['kills']} kills", f"{row['median_s']:.2f} / {row['p99_s']:.2f}",
+                f"Airflow's [workers] min_heartbeat_interval {heartbeat} s; [triggerer] job_heartbeat_sec "
+                f"{e2e['config'].get('triggerer.job_heartbeat_sec') or '?'} s", "-", "report", "-")
     imports = data.get("imports", [])
     base_text = "; ".join(f"{r['name']} {_fmt(r.get('median_ms'), 0)} ms" for r in imports if r["side"] == "baseline")
     smallest_base = min((r["median_ms"] for r in imports if r["side"] == "baseline" and r.get("median_ms")),
@@ -335,15 +336,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small N, short windows, one repeat (< 3 minutes)")
     parser.add_argument("--only", default="scale,cancel,imports,economy",
-                        help="comma-separated subset of: scale, cancel, imports, economy")
-    parser.add_argument("--no-proposed", action="store_true", help="skip the rows of the proposed core diff")
+                        help="comma-separated subset of: scale, cancel, imports, economy, e2e (a real Airflow "
+                        "stack, ~10 minutes: not in the default)")
     parser.add_argument("--json", default="", help="raw results file (default: results/latest.json, "
                         "results/quick.json with --quick)")
-    parser.add_argument("--from-json", default="", help="measure nothing: print the table of an earlier run")
+    parser.add_argument("--from-json", default="", help="measure nothing: print the table of an earlier run "
+                        "(several files, comma-separated, are merged, later ones winning: e.g. an e2e run, "
+                        "then a full run)")
     args = parser.parse_args()
     if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
-        report(data, any(r.get("client") == "ours-patched" for r in data.get("scale", [])), args.from_json)
+        data = {}
+        for path in args.from_json.split(","):
+            data.update(json.loads(Path(path).read_text()))
+        report(data, args.from_json)
         return
     config = QUICK if args.quick else FULL
     args.json = args.json or str(BENCH_DIR / "results" / ("quick.json" if args.quick else "latest.json"))
@@ -355,15 +360,6 @@ def main() -> None:
     import baselines
 
     baselines.ensure(log)
-    patched = not args.no_proposed
-    if patched:
-        import patches
-
-        try:
-            patches.patched_source()
-        except RuntimeError as err:
-            log(f"not measuring the proposed diff: {err}")
-            patched = False
 
     data: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
@@ -382,11 +378,18 @@ def main() -> None:
     if "imports" in only:
         data["imports"] = run_imports(config)
         save()
+    if "e2e" in only:
+        try:
+            data["e2e_cancel"] = run_e2e(config)
+        except RuntimeError as err:
+            log(f"  failed: {err}")
+            data["e2e_cancel"] = {"error": str(err)[-2000:]}
+        save()
     if only & {"scale", "cancel"}:
         from airflow_provider_cancel.emulator.testing import EmulatorProcess
 
         largest = max(n for n, _, _ in config.scale) if "scale" in only else 0
-        needed = largest + (2 * config.kills + config.kill_background if "cancel" in only else 0)
+        needed = largest + (config.kills + config.kill_background if "cancel" in only else 0)
         emulator = EmulatorProcess(env=bench_env(baselines=False))
         standin = None
         try:
@@ -399,23 +402,23 @@ def main() -> None:
                 ids_file = str(Path(_common.airflow_home()) / "scale-ids.json")
                 Path(ids_file).write_text(json.dumps(ids[:largest]))
                 data["scale"] = []
-                run_scale(config, emulator, standin, ids_file, patched, data["scale"], save)
+                run_scale(config, emulator, standin, ids_file, data["scale"], save)
             if "cancel" in only:
-                data["cancel"] = run_cancel(config, emulator, standin, ids[largest:], patched)
+                data["cancel"] = run_cancel(config, emulator, standin, ids[largest:])
                 save()
         finally:
             if standin is not None:
                 standin.stop()
             emulator.stop()
     save()
-    report(data, patched, args.json)
+    report(data, args.json)
 
 
-def report(data: dict[str, Any], patched: bool, path: str) -> None:
+def report(data: dict[str, Any], path: str) -> None:
     print()
     print(f"airflow-provider-cancel benchmarks ({data['mode']} run, {data['started']}, "
           f"{data['machine']['cpus']} CPUs, Python {data['machine']['python']}; {data['minutes']:.1f} min)")
-    print(render(table(data, patched)))
+    print(render(table(data)))
     print()
     print("CPU: client process time (user+system, all threads) per completed status poll, steady-state window;"
           " servers run in other processes. Memory: RSS growth per execution (RSS after the window minus RSS"

@@ -148,15 +148,11 @@ def build(client: str, meter: Meter, args: argparse.Namespace, ids: list[str]) -
     """The N triggers, instrumented; plus a coroutine function that pre-warms one-time costs (imports, config)."""
     n, interval = args.n, args.interval
     if client.startswith("ours"):
-        import httpx_aiohttp  # noqa: F401 - imported on first poll anyway; a one-time cost, not per execution
+        import aiohttp  # noqa: F401, RUF100 - imported on first poll anyway; a one-time cost, not per execution
 
         from airflow_provider_cancel.core import trigger as trigger_module
         from airflow_provider_cancel.vendors.dune import DuneHook
 
-        if client == "ours-patched":
-            import patches
-
-            patches.apply()
         DuneHook.aget_status = meter.wrap(DuneHook.aget_status)  # type: ignore[method-assign]
         trigger_module.asyncio = AsyncioWithMeteredSleep(meter)  # type: ignore[attr-defined]
         triggers: list[BaseTrigger] = [
@@ -285,7 +281,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--client", required=True,
-                        choices=["ours", "ours-patched", "databricks", "httpx", "aiohttp", "idle"])
+                        choices=["ours", "databricks", "httpx", "aiohttp", "idle"])
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--interval", type=float, required=True, help="seconds between two polls of one trigger")
     parser.add_argument("--window", type=float, required=True, help="seconds measured")

@@ -6,8 +6,12 @@ Design notes (why, not what):
 - A request that may have created something remotely is only retried when it is idempotent (it
   carries the vendor's idempotency key) or when the failure proves the server did not act on it
   (the connection never opened, or a 429 rejection).
-- In triggers one async client is shared per event loop and base URL, on the aiohttp transport:
-  httpx's default async transport costs ~15x more CPU per poll at 1,000 pollers (DESIGN.md).
+- Async requests (the triggers' polls) go straight to one aiohttp session per event loop and base URL:
+  httpx's default async transport costs ~15x more CPU per poll at 1,000 pollers, and httpx's models on
+  top of aiohttp still ~3x more than aiohttp alone (benchmarks/README.md). aiohttp's errors are mapped to
+  httpx's exception types, so retries and callers see one error vocabulary on both paths. The sessions
+  are closed when their loop shuts down (asyncio.run, the triggerer, pytest-asyncio).
+- Retries are a plain loop that computes a back-off only after a failure: no per-request machinery.
 """
 
 from __future__ import annotations
@@ -18,16 +22,16 @@ import email.utils
 import functools
 import json
 import logging
+import random
+import re
 import ssl
 import time
 import urllib.parse
-import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-import tenacity
 
 from airflow_provider_cancel import __version__
 from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
@@ -101,8 +105,13 @@ class RateLimit:
         return self.remaining is not None and self.remaining <= 0
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
 def quote_path_id(value: str) -> str:
     """Percent-encode an id for use as one path segment (a `/`, `?` or `#` stays inside it)."""
+    if _UNRESERVED.fullmatch(value):  # most ids: nothing to encode (a poll builds this every time)
+        return value
     return urllib.parse.quote(value, safe="")
 
 
@@ -124,23 +133,30 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def parse_rate_limit(headers: httpx.Headers) -> RateLimit:
-    def number(name: str) -> float | None:
-        try:
-            return float(headers[name])
-        except (KeyError, ValueError):
-            return None
+_NO_RATE_LIMIT = RateLimit()  # immutable: one shared instance when a vendor sends no rate-limit headers
 
-    remaining = number("x-ratelimit-remaining")
-    reset = number("x-ratelimit-reset")
+
+def parse_rate_limit(headers: Mapping[str, str]) -> RateLimit:
+    remaining = _number(headers.get("x-ratelimit-remaining"))
+    reset = _number(headers.get("x-ratelimit-reset"))
+    retry_after = headers.get("retry-after")
+    if remaining is None and reset is None and not retry_after:
+        return _NO_RATE_LIMIT
     # Vendors send an epoch timestamp; some send seconds-until-reset. A small number is the latter.
     if reset is not None and reset < 1e9:
         reset = time.time() + reset
     return RateLimit(
         remaining=None if remaining is None else int(remaining),
         reset_at=reset,
-        retry_after=parse_retry_after(headers.get("retry-after")),
+        retry_after=parse_retry_after(retry_after),
     )
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except ValueError:
+        return None
 
 
 def _first_text(*candidates: Any) -> str | None:
@@ -223,6 +239,8 @@ class ApiClient:
         self.retry = retry or RetryPolicy()
         self._error_parser = error_parser
         self._sync: httpx.Client | None = None
+        self._async_timeout: Any = None  # aiohttp.ClientTimeout, built on first async use
+        self._urls: dict[str, Any] = {}  # path -> yarl.URL: a trigger polls one path thousands of times
         self.rate_limit = RateLimit()
         # How sync retries wait; an operator swaps in a sleep that a kill interrupts.
         self.sleep: Callable[[float], None] = time.sleep
@@ -260,9 +278,10 @@ class ApiClient:
             self._sync = None
 
     def request(self, call: ApiCall) -> Any:
-        with self._naming(call):
-            for attempt in self._retrying(call, tenacity.Retrying, sleep=self.sleep):
-                with attempt:
+        attempt = 1
+        while True:
+            try:
+                with self._naming(call):
                     response = self._sync_client().request(
                         call.method,
                         call.path,
@@ -270,26 +289,64 @@ class ApiClient:
                         json=call.json,
                         headers={**call.headers, **self._auth_headers},
                     )
-                    return self._handle(call, response)
-        raise AssertionError("unreachable")  # pragma: no cover
+                return self._handle(call, response)
+            except Exception as exc:
+                delay = self._retry_delay(call, exc, attempt)
+                if delay is None:
+                    raise
+            attempt += 1
+            self.sleep(delay)
 
     # -- async -----------------------------------------------------------------------------------------
     async def arequest(self, call: ApiCall) -> Any:
-        client = shared_async_client(self.base_url)
-        with self._naming(call):
-            async for attempt in self._retrying(call, tenacity.AsyncRetrying):
-                with attempt:
-                    response = await client.request(
-                        call.method,
-                        call.path,
-                        params=call.params,
-                        json=call.json,
-                        headers={**call.headers, **self._auth_headers},
-                        timeout=self.timeouts.httpx(),
-                    )
-                    await response.aread()
-                    return self._handle(call, response)
-        raise AssertionError("unreachable")  # pragma: no cover
+        attempt = 1
+        while True:
+            try:
+                with self._naming(call):
+                    return await self._asend(call)
+            except Exception as exc:
+                delay = self._retry_delay(call, exc, attempt)
+                if delay is None:
+                    raise
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _asend(self, call: ApiCall) -> Any:
+        session = await shared_async_session(self.base_url)
+        if self._async_timeout is None:
+            import aiohttp
+
+            # What the same settings mean in httpx: pool wait = read timeout, then connect, then read.
+            self._async_timeout = aiohttp.ClientTimeout(
+                total=None, connect=self.timeouts.read, sock_connect=self.timeouts.connect,
+                sock_read=self.timeouts.read,
+            )
+        try:
+            async with session.request(
+                call.method,
+                self._url(call.path),
+                params=_query(call.params),
+                json=call.json,
+                headers={**call.headers, **self._auth_headers},
+                allow_redirects=False,
+                timeout=self._async_timeout,
+            ) as response:
+                raw = RawResponse(response.status, response.headers, await response.read(), response.reason)
+        except Exception as exc:
+            mapped = _httpx_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        return self._handle(call, raw)
+
+    def _url(self, path: str) -> Any:
+        url = self._urls.get(path)
+        if url is None:
+            from yarl import URL
+
+            # As is: quote_path_id already percent-encoded the ids, aiohttp must not encode them again.
+            url = self._urls[path] = URL(self.base_url + path, encoded=True)
+        return url
 
     # -- shared ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -303,37 +360,25 @@ class ApiClient:
             err.add_note(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}")
             raise
 
-    def _retrying(self, call: ApiCall, kind: type, **extra: Any) -> Any:
+    def _retry_delay(self, call: ApiCall, exc: Exception, attempt: int) -> float | None:
+        """Seconds to wait before sending `call` again after failed attempt number `attempt`; None: give up.
+
+        Retry-After when the vendor sent one, else exponential back-off with up to 1 s of jitter."""
         policy = self.retry
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                return min(float(retry_after), policy.max_retry_after)
-            return tenacity.wait_exponential_jitter(
-                initial=policy.initial_backoff, max=policy.max_backoff
-            )(state)
-
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            delay = state.next_action.sleep if state.next_action else 0
-            log.warning(
-                "%s %s %s failed (attempt %d/%d): %s; retrying in %.1fs",
-                self.vendor, call.method, call.path, state.attempt_number, policy.max_attempts,
-                _describe(exc), delay,
-            )
-
-        return kind(
-            stop=tenacity.stop_after_attempt(policy.max_attempts),
-            wait=wait,
-            retry=tenacity.retry_if_exception(lambda e: is_transient(e, retry_safe=call.retry_safe)),
-            before_sleep=before_sleep,
-            reraise=True,
-            **extra,
+        if attempt >= policy.max_attempts or not is_transient(exc, retry_safe=call.retry_safe):
+            return None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            delay = min(float(retry_after), policy.max_retry_after)
+        else:
+            delay = min(policy.initial_backoff * 2 ** (attempt - 1) + random.uniform(0, 1), policy.max_backoff)
+        log.warning(
+            "%s %s %s failed (attempt %d/%d): %s; retrying in %.1fs",
+            self.vendor, call.method, call.path, attempt, policy.max_attempts, _describe(exc), delay,
         )
+        return delay
 
-    def _handle(self, call: ApiCall, response: httpx.Response) -> Any:
+    def _handle(self, call: ApiCall, response: httpx.Response | RawResponse) -> Any:
         self.rate_limit = parse_rate_limit(response.headers)
         status = response.status_code
         if 300 <= status < 400:
@@ -371,7 +416,53 @@ class ApiClient:
         )
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+class RawResponse:
+    """The part of a response `_handle` reads, filled straight from aiohttp on the async path."""
+
+    __slots__ = ("content", "headers", "reason_phrase", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes, reason: str | None) -> None:
+        self.status_code, self.headers, self.content, self.reason_phrase = status_code, headers, content, reason or ""
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _query(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """Query values rendered as httpx renders them (True -> "true", None -> ""), for aiohttp."""
+    if not params:
+        return None
+    return {
+        key: "true" if value is True else "false" if value is False else "" if value is None else str(value)
+        for key, value in params.items()
+    }
+
+
+def _httpx_error(exc: BaseException) -> httpx.TransportError | None:
+    """aiohttp's failure as the httpx exception that says the same about whether the request was sent."""
+    import aiohttp
+
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, DNS, TLS: never sent
+        return httpx.ConnectError(message)
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # no connection (pool wait or connect) in time
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return httpx.ReadTimeout(message)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):  # may have been acted on: retried only if retry_safe
+        return httpx.RemoteProtocolError(message)
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+        return httpx.ReadError(message)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.UnsupportedProtocol(message)
+    return None
+
+
+def _json_or_none(response: httpx.Response | RawResponse) -> Any:
     try:
         return response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -383,7 +474,7 @@ def _snippet(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _request_id(headers: httpx.Headers) -> str | None:
+def _request_id(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("x-bctrl-request-id")
 
 
@@ -402,33 +493,50 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-# -- shared async clients ------------------------------------------------------------------------------
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]] = (
-    weakref.WeakKeyDictionary()
-)
+# -- shared async sessions -----------------------------------------------------------------------------
+# Per running loop: its sessions by base URL, and the parked async generator that closes them (see below).
+_ASYNC_SESSIONS: dict[asyncio.AbstractEventLoop, tuple[dict[str, Any], AsyncIterator[None]]] = {}
 # One loop may poll thousands of executions on one API: allow many parallel connections.
 ASYNC_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=60)
 
 
-def shared_async_client(base_url: str) -> httpx.AsyncClient:
-    """The async client for this event loop and base URL, created on first use.
+async def shared_async_session(base_url: str) -> Any:
+    """The aiohttp session for this event loop and base URL, created on first use.
 
-    The aiohttp transport is imported here, not at module import, so DAG parsing never pays for it.
+    aiohttp is imported here, not at module import, so DAG parsing never pays for it. No cookie jar: one
+    session serves every connection (and key) on this loop. TLS verification as httpx does it.
     """
     loop = asyncio.get_running_loop()
-    clients = _ASYNC_CLIENTS.setdefault(loop, {})
-    client = clients.get(base_url)
-    if client is None or client.is_closed:
-        from httpx_aiohttp import AiohttpTransport
+    entry = _ASYNC_SESSIONS.get(loop)
+    if entry is None:
+        sessions: dict[str, Any] = {}
+        closer = _close_at_loop_shutdown(loop, sessions)
+        entry = _ASYNC_SESSIONS[loop] = (sessions, closer)
+        await anext(closer)  # first iterated inside the loop, so the loop's shutdown_asyncgens() will close it
+    sessions = entry[0]
+    session = sessions.get(base_url)
+    if session is None or session.closed:
+        import aiohttp
 
-        client = httpx.AsyncClient(
-            base_url=base_url,
-            transport=AiohttpTransport(limits=ASYNC_LIMITS),
-            follow_redirects=False,
-            headers={"User-Agent": USER_AGENT},
+        connector = aiohttp.TCPConnector(
+            limit=ASYNC_LIMITS.max_connections or 0, keepalive_timeout=ASYNC_LIMITS.keepalive_expiry, ssl=tls_context()
         )
-        clients[base_url] = client
-    return client
+        session = sessions[base_url] = aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": USER_AGENT}, cookie_jar=aiohttp.DummyCookieJar()
+        )
+    return session
+
+
+async def _close_at_loop_shutdown(loop: asyncio.AbstractEventLoop, sessions: dict[str, Any]) -> AsyncIterator[None]:
+    """Parked for the loop's lifetime; asyncio has no shutdown hook, but asyncio.run (and the triggerer and
+    `airflow dags test`, which use it) close every live async generator before closing the loop. Without
+    this the sessions outlive their loop and aiohttp warns "Unclosed client session" at exit."""
+    try:
+        yield
+    finally:
+        _ASYNC_SESSIONS.pop(loop, None)
+        for session in sessions.values():
+            await session.close()
 
 
 def validate_base_url(url: str, *, conn_id: str, allow_insecure: bool) -> str:

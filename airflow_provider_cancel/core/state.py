@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 class ExecutionState(str, enum.Enum):
@@ -55,3 +55,31 @@ class ExecutionStatus:
         if self.progress:
             text += f", {self.progress}"
         return text
+
+
+class _Dumpable(Protocol):
+    def model_dump(self) -> dict[str, Any]: ...
+
+
+class LazyPayload(Mapping[str, Any]):
+    """A parsed model's `model_dump()`, made on first read: most polls only look at the state."""
+
+    __slots__ = ("_data", "_model")
+
+    def __init__(self, model: _Dumpable) -> None:
+        self._model: _Dumpable | None = model
+        self._data: dict[str, Any] = {}
+
+    def _dict(self) -> dict[str, Any]:
+        if self._model is not None:
+            self._data, self._model = self._model.model_dump(), None
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())

@@ -131,20 +131,13 @@ class ExecutionTrigger(BaseTrigger):
                     result = await self._cancel("the task's execution_timeout passed") if self.cancel_on_kill else None
                     yield self._event("timeout", cancel_result=result, message=f"{name} passed its deadline")
                     return
-                try:
-                    status = await hook.aget_status(self.execution_id)
-                except Exception as err:
-                    if not is_transient(err):
-                        yield self._event("error", message=str(err))
-                        return
-                    self.log.warning("Could not read the status of %s (%s); will try again", name, err)
-                else:
-                    if status.state.is_terminal:
-                        yield self._event("terminal", state=status.state, vendor_status=status.vendor_status)
-                        return  # at once: lingering after the event would be mistaken for a kill
-                    if status.describe() != last_seen:
-                        last_seen = status.describe()
-                        self.log.info("%s: %s", name, last_seen)
+                event, seen = await self._poll(hook, name)
+                if event is not None:
+                    yield event
+                    return  # at once: lingering after the event would be mistaken for a kill
+                if seen is not None and seen != last_seen:
+                    last_seen = seen
+                    self.log.info("%s: %s", name, seen)
                 client = await hook.aclient()
                 delay = schedule.delay(time.time() - self.started_at, client.rate_limit)
                 if self.deadline is not None:
@@ -155,6 +148,20 @@ class ExecutionTrigger(BaseTrigger):
             if self.cancel_on_kill and not _airflow_has_trigger_on_kill() and await self._task_left_deferral():
                 await self._cancel("the deferred task was killed (legacy path)")
             raise  # never swallow: Airflow 3.3 calls on_kill only after this propagates
+
+    async def _poll(self, hook: ExecutionHook, name: str) -> tuple[TriggerEvent | None, str | None]:
+        """One status read: (the event that ends the wait, or None; the status line, or None after a transient
+        error). A method of its own so the status and its payload are not kept through the sleep that follows."""
+        try:
+            status = await hook.aget_status(self.execution_id)
+        except Exception as err:
+            if not is_transient(err):
+                return self._event("error", message=str(err)), None
+            self.log.warning("Could not read the status of %s (%s); will try again", name, err)
+            return None, None
+        if status.state.is_terminal:
+            return self._event("terminal", state=status.state, vendor_status=status.vendor_status), None
+        return None, status.describe()
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: a user marked the deferred task failed/success or cleared it."""

@@ -27,7 +27,7 @@ from airflow_provider_cancel.core.http import ApiCall, parse_error_body, quote_p
 from airflow_provider_cancel.core.links import ExecutionLink
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, normalize_status
+from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, LazyPayload, normalize_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -56,7 +56,7 @@ DETAIL_LIMIT = 500  # characters of one failed node's result in an exception mes
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class Envelope(_Model):
@@ -372,7 +372,7 @@ class B3osHook(ExecutionHook):
         elif state is S.CANCELLED and run.finishedAt:
             error = f"cancelled at {run.finishedAt}"
         return ExecutionStatus(execution_id, state, run.status, progress=describe_progress(run), error=error,
-                               payload=run.model_dump())
+                               payload=LazyPayload(run))
 
     def cancel_call(self, execution_id: str) -> ApiCall:
         return ApiCall("POST", CANCEL_PATH.format(run_id=quote_path_id(execution_id)), "cancel")

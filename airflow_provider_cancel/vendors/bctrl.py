@@ -29,7 +29,7 @@ from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook, is_t
 from airflow_provider_cancel.core.http import ApiCall, quote_path_id
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, normalize_status
+from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, LazyPayload, normalize_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -96,7 +96,7 @@ STATUS_WORDS = {
 
 # -- payloads (unknown fields tolerated) ---------------------------------------------------------------------
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class InvocationError(_Model):
@@ -424,7 +424,7 @@ class BctrlHook(ExecutionHook):
             if detail := describe_failure(invocation):
                 error += f": {detail}"
         return ExecutionStatus(execution_id, state, invocation.status, progress=describe_progress(invocation),
-                               error=error, payload=invocation.model_dump())
+                               error=error, payload=LazyPayload(invocation))
 
     def cancel_call(self, execution_id: str) -> ApiCall:
         return ApiCall("POST", self._path("cancel", execution_id), "cancel", json={})

@@ -19,7 +19,7 @@ from airflow_provider_cancel.core.http import ApiCall, quote_path_id
 from airflow_provider_cancel.core.links import ExecutionLink
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, normalize_status
+from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, LazyPayload, normalize_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,7 +39,7 @@ PAGE_SIZE = 1000
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class DuneError(_Model):
@@ -119,7 +119,7 @@ class DuneHook(ExecutionHook):
         if status.state.upper().endswith("COMPLETED_PARTIAL"):
             progress = "partial result (truncated by Dune)"
         return ExecutionStatus(execution_id, state, status.state, progress=progress, error=error,
-                               payload=status.model_dump())
+                               payload=LazyPayload(status))
 
     def cancel_call(self, execution_id: str) -> ApiCall:
         return ApiCall("POST", f"/api/v1/execution/{quote_path_id(execution_id)}/cancel", "cancel")

@@ -26,7 +26,7 @@ from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook, is_t
 from airflow_provider_cancel.core.http import ApiCall, quote_path_id
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, normalize_status
+from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, LazyPayload, normalize_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -62,7 +62,7 @@ METADATA_VALUE_CHARS = (1, 500)
 
 # -- payloads ----------------------------------------------------------------------------------------------
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class RomaStarted(_Model):
@@ -329,7 +329,7 @@ class IzieromaHook(ExecutionHook):
         state = normalize_status(status.status, self.status_words)
         error = _error_text(status.error) if state is not S.SUCCEEDED else None
         return ExecutionStatus(execution_id, state, status.status, progress=_progress_line(status), error=error,
-                               payload=status.model_dump())
+                               payload=LazyPayload(status))
 
     def cancel_call(self, execution_id: str) -> ApiCall:
         return ApiCall("POST", execution_path(execution_id, "cancel"), "cancel")

@@ -23,7 +23,7 @@ from airflow_provider_cancel.core.http import ApiCall, quote_path_id
 from airflow_provider_cancel.core.links import ExecutionLink
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, normalize_status
+from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, LazyPayload, normalize_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -70,7 +70,7 @@ ID_EXAMPLE = "3f2b8c1e-6f0a-4d9e-9b1c-2a7d5e8f4c10"
 
 # -- payloads ------------------------------------------------------------------------------------------------
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)  # schemas built on first use, not at DAG parse
 
 
 class BatchItemResult(_Model):
@@ -267,7 +267,7 @@ class MeibelHook(ExecutionHook):
             parts = (distrust, _text(execution.error), item_errors(execution))
             error = "; ".join(p for p in parts if p) or None
         return ExecutionStatus(execution_id, state, execution.status, progress=progress_line(execution),
-                               error=error, payload=execution.model_dump())
+                               error=error, payload=LazyPayload(execution))
 
     def cancel_call(self, execution_id: str) -> ApiCall:
         return ApiCall("POST", Paths.CANCEL.format(execution_id=quote_path_id(execution_id)), "cancel")
