@@ -264,7 +264,7 @@ class ExecutionHook(BaseHook):
             if err.status_code == 404:  # authenticated; the probe resource just does not exist
                 return True, ok
             if err.status_code in (401, 403):
-                return False, f"{self.vendor} rejected the API key of connection {self.conn_id!r}: {err.message}"
+                return False, f"{self.vendor} rejected the API key: {err.message}"  # the UI tests a temporary id
             return False, str(err)
         except Exception as err:
             return False, f"Could not reach {self.vendor} at {client.base_url}: {type(err).__name__}: {err}"
