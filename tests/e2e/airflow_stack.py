@@ -563,6 +563,10 @@ class AirflowStack:
             "AIRFLOW__API__EXPOSE_CONFIG": "True",
             "AIRFLOW__API_AUTH__JWT_SECRET": "airflow-stack-e2e-jwt-secret-0123456789abcdef",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(self.heartbeat),
+            # Dozens of tasks starting at once on 2 cores and SQLite: the api-server took up to 31 s to mark a
+            # task started, and at the default 5 s timeout (3 failed heartbeats) tasks died before they ran.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS": "10",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "15",
             "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "2",
