@@ -296,7 +296,9 @@ def test_hard_killed_worker_next_try_applies_the_policy(stack, emu_client, runs,
     orphan_cancels = len(emu_client.cancels(first))
     overlap = policy == "cancel" and created_at(emu_client, adopted_or_new) < emu_client.execution(first)[
         "finished_at"]
-    log = stack.task_log(dag_id, run_id, task_id, 2)
+    said = "reattaching" if policy == "reattach" else "cancelling it before starting afresh"
+    stack.wait_until(lambda: said in stack.task_log(dag_id, run_id, task_id, 2), timeout=FINISH_DEADLINE,
+                     message=f"try 2 of {task_id} saying {said!r}")  # XCom can still be try 1's: wait for the log
     stack.set_ti_state(dag_id, run_id, task_id, "failed")  # the new try owns what runs now
     owned = stack.wait_until(lambda: emu_client.cancels(adopted_or_new), timeout=KILL_DEADLINE,
                              message=f"a cancel of {adopted_or_new}")
@@ -308,7 +310,6 @@ def test_hard_killed_worker_next_try_applies_the_policy(stack, emu_client, runs,
                cancels=orphan_cancels if policy == "cancel" else 0, state="running (try 2)", latency=None,
                result="pass" if ok else "FAIL")
     assert ok, (first, adopted_or_new, orphan_cancels, overlap, owned)
-    assert ("reattaching" if policy == "reattach" else "cancelling it before starting afresh") in log
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
