@@ -451,7 +451,7 @@ class AirflowStack:
         *,
         startup_timeout: float = 240.0,
         stop_grace: float = 10.0,
-        request_timeout: float = 30.0,
+        request_timeout: float = 150.0,  # above SQLite's busy timeout: a slow answer is not a failure
         keep_home: bool = False,
     ) -> None:
         self.dags_folder = Path(dags_folder).resolve()
@@ -553,8 +553,8 @@ class AirflowStack:
             "AIRFLOW__CORE__FERNET_KEY": fernet,
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             # A long busy timeout: dozens of concurrent tasks heartbeating every second keep SQLite busy,
-            # and a component that meets "database is locked" after the default 5 s dies.
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=30",
+            # and a component that meets "database is locked" dies (seen: the triggerer, after 30 s).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=120",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",
