@@ -71,6 +71,8 @@ class RetryPolicy:
     initial_backoff: float = 1.0
     max_backoff: float = 30.0
     max_retry_after: float = 300.0
+    # Seconds from the first attempt: no retry is sent after this (a kill's cancel has ~5 s before SIGKILL).
+    give_up_after: float | None = None
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -278,7 +280,7 @@ class ApiClient:
             self._sync = None
 
     def request(self, call: ApiCall) -> Any:
-        attempt = 1
+        attempt, started = 1, time.monotonic()
         while True:
             try:
                 with self._naming(call):
@@ -291,7 +293,7 @@ class ApiClient:
                     )
                 return self._handle(call, response)
             except Exception as exc:
-                delay = self._retry_delay(call, exc, attempt)
+                delay = self._retry_delay(call, exc, attempt, time.monotonic() - started)
                 if delay is None:
                     raise
             attempt += 1
@@ -299,13 +301,13 @@ class ApiClient:
 
     # -- async -----------------------------------------------------------------------------------------
     async def arequest(self, call: ApiCall) -> Any:
-        attempt = 1
+        attempt, started = 1, time.monotonic()
         while True:
             try:
                 with self._naming(call):
                     return await self._asend(call)
             except Exception as exc:
-                delay = self._retry_delay(call, exc, attempt)
+                delay = self._retry_delay(call, exc, attempt, time.monotonic() - started)
                 if delay is None:
                     raise
             attempt += 1
@@ -360,10 +362,12 @@ class ApiClient:
             err.add_note(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}")
             raise
 
-    def _retry_delay(self, call: ApiCall, exc: Exception, attempt: int) -> float | None:
-        """Seconds to wait before sending `call` again after failed attempt number `attempt`; None: give up.
+    def _retry_delay(self, call: ApiCall, exc: Exception, attempt: int, elapsed: float) -> float | None:
+        """Seconds to wait before sending `call` again after failed attempt number `attempt`, `elapsed` seconds
+        after the first one; None: give up.
 
-        Retry-After when the vendor sent one, else exponential back-off with up to 1 s of jitter."""
+        Retry-After when the vendor sent one, else exponential back-off plus jitter of up to the back-off itself
+        (at most 1 s), so clients that failed together do not come back together."""
         policy = self.retry
         if attempt >= policy.max_attempts or not is_transient(exc, retry_safe=call.retry_safe):
             return None
@@ -371,7 +375,10 @@ class ApiClient:
         if retry_after is not None:
             delay = min(float(retry_after), policy.max_retry_after)
         else:
-            delay = min(policy.initial_backoff * 2 ** (attempt - 1) + random.uniform(0, 1), policy.max_backoff)
+            backoff = policy.initial_backoff * 2 ** (attempt - 1)
+            delay = min(backoff + random.uniform(0, min(backoff, 1.0)), policy.max_backoff)
+        if policy.give_up_after is not None and elapsed + delay > policy.give_up_after:
+            return None
         log.warning(
             "%s %s %s failed (attempt %d/%d): %s; retrying in %.1fs",
             self.vendor, call.method, call.path, attempt, policy.max_attempts, _describe(exc), delay,

@@ -33,7 +33,7 @@ from airflow_provider_cancel.core.errors import (
     ProviderConfigError,
 )
 from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook
-from airflow_provider_cancel.core.http import NO_RETRY, ClientTimeouts, is_transient
+from airflow_provider_cancel.core.http import ClientTimeouts, RetryPolicy, is_transient
 from airflow_provider_cancel.core.poll import PollSchedule
 from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
 
@@ -45,8 +45,10 @@ XCOM_EXECUTION_URL = "execution_url"
 STATE_STORE_KEY = "airflow_provider_cancel.execution_id"
 # on_kill runs ~5 s before SIGKILL in Airflow 3.3: one quick attempt, no retries, no waiting for confirmation.
 KILL_TIMEOUTS = ClientTimeouts(connect=2.0, read=2.5)
-KILL_RETRY_PAUSES = (0.2, 0.5, 1.0)  # then a last attempt; only while within KILL_RETRY_BUDGET seconds
-KILL_RETRY_BUDGET = 3.5
+# A 429, 503 or dropped connection must not leave the execution running: on_kill sends its cancel again, briefly,
+# while Airflow's ~5 s between SIGTERM and SIGKILL last. Retry-After is cut short: a late cancel is a lost one.
+KILL_RETRY = RetryPolicy(max_attempts=10, initial_backoff=0.1, max_backoff=0.8, max_retry_after=0.5,
+                         give_up_after=3.5)
 # Extra time past the task's deadline before Airflow's own defer timeout fires as a backstop (K8).
 DEFER_BACKSTOP = timedelta(minutes=5)
 STOP_WAIT = 120.0  # how long a new try waits for an earlier try's cancelled execution to end before starting
@@ -476,21 +478,6 @@ class ExecutionOperator(BaseOperator):
         self._wake.set()
         self._cancel_once("the task was killed")
 
-    def _cancel_within_budget(self, hook: ExecutionHook, client: Any) -> CancelOutcome:
-        """A 429, 503 or dropped connection must not leave the execution running: try again, briefly, while
-        Airflow's ~5 s between SIGTERM and SIGKILL last (time.sleep: this may run in a signal handler)."""
-        assert self.execution_id is not None
-        started = time.monotonic()
-        for pause in KILL_RETRY_PAUSES:
-            try:
-                return hook.cancel(self.execution_id, client=client)
-            except Exception as err:
-                if not is_transient(err) or time.monotonic() - started + pause > KILL_RETRY_BUDGET:
-                    raise
-                self.log.warning("Cancel of %s not accepted yet (%s); trying again", self.execution_id, err)
-                time.sleep(pause)
-        return hook.cancel(self.execution_id, client=client)
-
     def _cancel_once(self, reason: str) -> None:
         """Send at most one cancel, quickly, and never raise: this may run inside a signal handler."""
         if self._ended or self._cancel_sent or not self.execution_id:
@@ -501,9 +488,10 @@ class ExecutionOperator(BaseOperator):
         self._cancel_sent = True
         try:
             hook = self.hook
-            client = hook.client.with_options(timeouts=KILL_TIMEOUTS, retry=NO_RETRY)  # no comms, fresh socket
+            # A fresh socket (the poll's may be mid-request in another thread), time.sleep between attempts.
+            client = hook.client.with_options(timeouts=KILL_TIMEOUTS, retry=KILL_RETRY)
             try:
-                outcome = self._cancel_within_budget(hook, client)
+                outcome = hook.cancel(self.execution_id, client=client)
             finally:
                 client.close()
             if outcome is CancelOutcome.REQUESTED:

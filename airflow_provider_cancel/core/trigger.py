@@ -26,9 +26,11 @@ from airflow_provider_cancel.core.poll import PollSchedule
 from airflow_provider_cancel.core.state import ExecutionState
 
 CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by default)
-# A cancel refused by a transient fault (429, 503, a dropped connection) is sent again (back-offs 0.5-4 s, ~12 s in
-# all, inside CANCEL_TIMEOUT): one lost cancel would leave the execution running after its task died.
-CANCEL_RETRY = RetryPolicy(max_attempts=6, initial_backoff=0.5, max_backoff=4.0, max_retry_after=5.0)
+# A cancel refused by a transient fault (429, 503, a dropped connection) is sent again (back-offs 0.5-4 s, about
+# seven attempts, the last one starting by 17 s, inside CANCEL_TIMEOUT): one lost cancel would leave the execution
+# running after its task died.
+CANCEL_RETRY = RetryPolicy(max_attempts=10, initial_backoff=0.5, max_backoff=4.0, max_retry_after=5.0,
+                           give_up_after=17.0)
 STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s a 3.0-3.2 triggerer waits between SIGINT and SIGTERM at shutdown
 
 

@@ -21,7 +21,7 @@ from airflow_provider_cancel.core.errors import (
     ExecutionKilled,
     ProviderConfigError,
 )
-from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
+from airflow_provider_cancel.core.operator import KILL_RETRY, STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.emulator.testing import wait_for
 
 from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, make_context
@@ -190,18 +190,38 @@ def in_thread(task, context) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
-def test_a_kill_whose_first_cancel_is_refused_transiently_still_cancels(emu, vendor):
-    """on_kill tries again, briefly, when the cancel meets a 429 (within Airflow's ~5 s before SIGKILL)."""
-    task_id, store, ti = fresh_task("k429")
+def test_a_kill_whose_cancels_meet_a_run_of_transient_faults_still_cancels(emu, vendor):
+    """on_kill sends its cancel again through a 429 (Retry-After cut short), a 503, a dropped connection and a
+    truncated answer, all inside Airflow's ~5 s between SIGTERM and SIGKILL."""
+    task_id, store, ti = fresh_task("kfaults")
     task = scenario_operator(vendor, "forever", task_id=task_id)
     thread, outcome = in_thread(task, make_context(ti, store))
     wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 30)
-    emu.add_fault(vendor=vendor, action="cancel", kind="429", retry_after=0, count=1)
+    for kind in ("429", "503", "drop", "malformed"):
+        emu.add_fault(vendor=vendor, action="cancel", kind=kind, retry_after=5 if kind == "429" else None)
     task.on_kill()
     thread.join(30)
     assert isinstance(outcome.get("error"), ExecutionKilled)
-    codes = [c["status_code"] for c in emu.cancels(task.execution_id)]
-    assert codes[0] == 429 and len(codes) == 2 and codes[1] < 300
+    cancels = emu.cancels(task.execution_id)
+    assert [c["fault"] for c in cancels] == ["429", "503", "drop", "malformed", None]
+    assert cancels[-1]["status_code"] < 300 and emu.execution(task.execution_id)["state"] in ("cancelled", "cancelling")
+    assert cancels[-1]["ts"] - cancels[0]["ts"] < KILL_RETRY.give_up_after  # not the 5 s the vendor asked for
+
+
+def test_a_kill_whose_cancel_keeps_failing_gives_up_before_sigkill(emu, vendor):
+    """A vendor that refuses every cancel: on_kill stops trying when its budget is spent (Airflow would SIGKILL
+    the process anyway), says so, and the task still ends killed."""
+    task_id, store, ti = fresh_task("kdown")
+    task = scenario_operator(vendor, "forever", task_id=task_id)
+    thread, outcome = in_thread(task, make_context(ti, store))
+    wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 30)
+    emu.add_fault(vendor=vendor, action="cancel", kind="503", count=100)
+    task.on_kill()
+    thread.join(30)
+    assert isinstance(outcome.get("error"), ExecutionKilled)
+    cancels = emu.cancels(task.execution_id)
+    assert 3 <= len(cancels) < KILL_RETRY.max_attempts and all(c["status_code"] == 503 for c in cancels)
+    assert cancels[-1]["ts"] - cancels[0]["ts"] <= KILL_RETRY.give_up_after
 
 
 def test_a_kill_while_the_create_is_in_flight_cancels_what_it_started(emu, vendor, monkeypatch):

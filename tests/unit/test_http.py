@@ -49,6 +49,18 @@ def test_429_with_retry_after_is_retried_and_honoured():
 
 
 @respx.mock
+def test_give_up_after_counts_real_time_spent(monkeypatch):
+    route = respx.get(f"{BASE}/v1/x/status").mock(return_value=httpx.Response(503, headers={"Retry-After": "1"}))
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    c = client(RetryPolicy(max_attempts=10, max_retry_after=1.0, give_up_after=2.5))
+    c.sleep = lambda seconds: clock.__setitem__(0, clock[0] + seconds)
+    with pytest.raises(ExecutionApiError):
+        c.request(STATUS)
+    assert route.call_count == 3 and clock[0] == 2.0  # a third wait would end at 3.0 s, past 2.5
+
+
+@respx.mock
 def test_retry_after_is_capped():
     respx.get(f"{BASE}/v1/x/status").mock(
         side_effect=[httpx.Response(429, headers={"Retry-After": "86400"}), httpx.Response(200, json={})]
