@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import random
 import sys
@@ -45,6 +46,7 @@ class Meter:
         self.errors = 0
         self.latencies: list[float] = []
         self.lateness: list[float] = []
+        self.woke_at: list[float] = []  # when each of `lateness` happened: does the lag grow through the window?
         self._sleep = asyncio.sleep
 
     def wrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -67,7 +69,9 @@ class Meter:
         start = time.perf_counter()
         value = await self._sleep(delay, result)
         if self.recording and delay > 0:
-            self.lateness.append(time.perf_counter() - start - delay)
+            now = time.perf_counter()
+            self.lateness.append(now - start - delay)
+            self.woke_at.append(now)
         return value
 
 
@@ -212,6 +216,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     await warm()
     gc.collect()
     rss_base = rss_kb()
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(args.tracemalloc)
+        before = tracemalloc.take_snapshot()
 
     # Each trigger starts at its own random moment of the first interval, as deferred tasks arrive in a
     # triggerer: no artificial batches of triggers that would wake together (and share loop iterations).
@@ -245,6 +254,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         profiler.dump_stats(args.profile)
     rss_end = rss_kb()
     ended = sum(task.done() for task in tasks)
+    if args.tracemalloc:  # where the memory per execution goes: the largest growths since before the triggers
+        gc.collect()
+        growth = tracemalloc.take_snapshot().compare_to(before, "traceback")
+        for stat in growth[:40]:
+            print(f"{stat.size_diff / args.n:8.0f} B/exec {stat.count_diff / args.n:6.1f} blocks/exec", file=sys.stderr)
+            for line in stat.traceback.format()[-2 * args.tracemalloc:]:
+                print("    " + line, file=sys.stderr)
+        print(f"total {sum(s.size_diff for s in growth) / args.n:.0f} B/exec", file=sys.stderr)
 
     for task in tasks:
         task.cancel()
@@ -255,6 +272,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     wall = wall1 - wall0
     expected = args.n * wall / args.interval
+    middle = wall0 + wall / 2
+    halves = ([late for late, at in zip(meter.lateness, meter.woke_at, strict=True) if (at < middle) == first]
+              for first in (True, False))
+    late_first, late_second = (1000 * percentile(half, 99) if half else math.nan for half in halves)
     return {
         "client": args.client,
         "n": args.n,
@@ -275,6 +296,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "latency_p99_ms": 1000 * percentile(meter.latencies, 99),
         "sleep_late_p50_ms": 1000 * percentile(meter.lateness, 50),
         "sleep_late_p99_ms": 1000 * percentile(meter.lateness, 99),
+        "sleep_late_p99_first_half_ms": late_first,
+        "sleep_late_p99_second_half_ms": late_second,
     }
 
 
@@ -290,6 +313,8 @@ def main() -> None:
     parser.add_argument("--ids-file", default="", help="JSON list of execution ids")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default="", help="write cProfile stats of the window to this file")
+    parser.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
+                        help="print where the memory per execution goes (tracebacks of FRAMES frames)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     random.seed(args.seed)
