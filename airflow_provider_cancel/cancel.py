@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,13 +46,32 @@ def hook_for_connection(conn_id: str) -> ExecutionHook:
     return hook
 
 
+def _as_list(raw: Any) -> list[Any]:
+    """The ids as a list. Without ``render_template_as_native_obj`` a pulled XCom arrives as text: "None" when
+    the upstream task pushed nothing, a list's repr when it pushed a list; both are read back, not refused."""
+    if raw is None:
+        return []
+    if not isinstance(raw, str):
+        return list(raw)
+    text = raw.strip()
+    if text in ("None", "[]"):
+        return []
+    if text.startswith("[") and text.endswith("]"):
+        with contextlib.suppress(ValueError, SyntaxError, MemoryError, RecursionError):
+            value = ast.literal_eval(text)
+            if isinstance(value, list):
+                return value
+    return [raw]  # checked as it is: a malformed one is refused by name
+
+
 class CancelExecutionOperator(BaseOperator):
     """Cancel one or more remote executions by id and (by default) wait until each has stopped.
 
     Returns ``{execution_id: final state}`` (``cancelled``, ``succeeded``, ``failed``, or ``not_found``) to XCom.
     Ids that are ``None`` or empty lists are skipped (an upstream task that never started one), so a clean-up
-    task with ``trigger_rule="all_done"`` can pull ids that may not exist. Every id is checked against the
-    vendor's format before the first request.
+    task with ``trigger_rule="all_done"`` can pull ids that may not exist; rendered as text (without
+    ``render_template_as_native_obj``), "None" is skipped too and a list's text is read back as the list.
+    Every id is checked against the vendor's format before the first request.
 
     :param conn_id: a connection of type dune, izieroma, bctrl, meibel or b3os; its type picks the vendor (templated).
     :param execution_ids: one id or a list of ids (templated), e.g. an upstream task's ``execution_id`` XCom.
@@ -83,8 +104,7 @@ class CancelExecutionOperator(BaseOperator):
         self.poll_interval = poll_interval
 
     def _ids(self, hook: ExecutionHook) -> list[str]:
-        raw = self.execution_ids
-        values = [] if raw is None else [raw] if isinstance(raw, str) else list(raw)
+        values = _as_list(self.execution_ids)
         return list(dict.fromkeys(hook.validate_execution_id(value) for value in values if value is not None))
 
     def execute(self, context: Context) -> dict[str, str]:

@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,9 @@ def main() -> None:
     parser.add_argument("--from-json", default="", help="measure nothing: print the table of an earlier run "
                         "(several files, comma-separated, are merged, later ones winning: e.g. an e2e run, "
                         "then a full run)")
+    parser.add_argument("--scale", default="", metavar="N:INTERVAL:WINDOW[,...]",
+                        help="scale runs instead of the mode's, e.g. 10000:10:30 (seconds)")
+    parser.add_argument("--repeats", type=int, default=0, help="scale repeats instead of the mode's")
     args = parser.parse_args()
     if args.from_json:
         data = {}
@@ -358,6 +361,11 @@ def main() -> None:
         report(data, args.from_json)
         return
     config = QUICK if args.quick else FULL
+    if args.scale:
+        runs = tuple((int(n), float(i), float(w)) for n, i, w in (part.split(":") for part in args.scale.split(",")))
+        config = replace(config, scale=runs)
+    if args.repeats:
+        config = replace(config, scale_repeats=args.repeats)
     args.json = args.json or str(BENCH_DIR / "results" / ("quick.json" if args.quick else "latest.json"))
     only = {part.strip() for part in args.only.split(",") if part.strip()}
     started = time.monotonic()

@@ -126,6 +126,19 @@ def test_cancel_by_id_cancels_waits_and_reports(emu, vendor):
     assert emu.execution(live)["state"] == "cancelled"
 
 
+def test_cancel_by_id_reads_ids_rendered_as_text(emu, vendor):
+    """Without render_template_as_native_obj, an XCom pull renders as text: a missing one as "None" (skipped, no
+    request), a list as its repr (read back and cancelled)."""
+    before = len(emu.journal(vendor=vendor))
+    assert CancelExecutionOperator(task_id="c", conn_id=f"{vendor}_emu", execution_ids="None").execute(
+        make_context()) == {}
+    assert len(emu.journal(vendor=vendor)) == before
+    ids = [started_by_try_one(vendor, "forever", *fresh_task(name)) for name in ("t1", "t2")]
+    task = CancelExecutionOperator(task_id="c", conn_id=f"{vendor}_emu", execution_ids=str(ids), poll_interval=0.05)
+    assert task.execute(make_context()) == dict.fromkeys(ids, "cancelled")
+    assert all(len(emu.cancels(execution_id)) == 1 for execution_id in ids)
+
+
 def test_cancel_by_id_refuses_bad_ids_before_any_request(emu, vendor):
     before = len(emu.journal(vendor=vendor))
     for bad in ("", "../etc/passwd", "a b", "x" * 10_000):
