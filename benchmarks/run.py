@@ -208,8 +208,9 @@ def _scale_summary(results: Sequence[dict[str, Any]], client: str, n: int,
         return None
     interval = runs[0]["interval_s"]
     late = median([r["sleep_late_p99_ms"] for r in runs])
-    # Growth of the p99 lag from the window's first half to its second: a loop that falls behind lags more and more.
-    drift = median([r.get("sleep_late_p99_second_half_ms", math.nan) - r.get("sleep_late_p99_first_half_ms", math.nan)
+    # Growth of the median lag from the window's first half to its second: a loop that falls behind lags more and
+    # more, while one pause (a GC) lands in one half and moves only the tail.
+    drift = median([r.get("sleep_late_p50_second_half_ms", math.nan) - r.get("sleep_late_p50_first_half_ms", math.nan)
                     for r in runs])
     latency = median([r["latency_p99_ms"] for r in runs])
     rate = median([r["poll_rate_ratio"] for r in runs])
@@ -224,7 +225,7 @@ def _scale_summary(results: Sequence[dict[str, Any]], client: str, n: int,
         "late_ms": late,
         "latency_ms": latency,
         "drift_ms": drift,
-        # Not falling behind: >= 95% of the scheduled polls happened, and the p99 lag did not grow through the
+        # Not falling behind: >= 95% of the scheduled polls happened, and the median lag did not grow through the
         # window by more than 10% of the interval (math.nan, from an older result file, counts as growth).
         "kept": rate >= 0.95 and drift <= 100 * interval,
         "interval": interval,
@@ -238,7 +239,7 @@ def _schedule_text(s: dict[str, Any] | None) -> str:
     if math.isinf(s["late_ms"]):
         return "collapsed (0 polls done)"
     return (f"{'kept' if s['kept'] else 'behind'} ({100 * s['rate']:.0f}% of polls; p99 wake-up late "
-            f"{s['late_ms']:.0f} ms, {s['drift_ms']:+.0f} ms from the first half of the window to the second; "
+            f"{s['late_ms']:.0f} ms; median lag {s['drift_ms']:+.0f} ms from the window's first half to its second; "
             f"p99 request {s['latency_ms']:.0f} ms)")
 
 
@@ -279,6 +280,21 @@ def table(data: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         add(f"{head}: polls on schedule ({label})", _schedule_text(s),
             f"Databricks {_schedule_text(dbx)}; httpx {_schedule_text(hx)}", "-",
             "no falling behind" if not is_small else "report", _ok(s["kept"]) if not is_small else "-")
+    if len(sizes) >= 2:  # the cost of one more execution, fixed costs (session, pool buffers) left out
+        (small, _), (big, _) = sizes[0], sizes[-1]
+
+        def slope(client: str) -> float | None:
+            runs = [_scale_summary(scale, client, n) for n in (small, big)]
+            if runs[0] is None or runs[1] is None:
+                return None
+            return (runs[1]["kb"] * big - runs[0]["kb"] * small) / (big - small)
+
+        ours_kb, idle_kb, dbx_kb = slope("ours"), slope("idle"), slope("databricks")
+        if ours_kb is not None:
+            add(f"KB per additional execution, RSS slope N={small:,} -> {big:,} (ours)",
+                f"{_fmt(ours_kb, 1)} ({_fmt(ours_kb - idle_kb if idle_kb is not None else None, 1)} over idle)",
+                f"Databricks {_fmt(dbx_kb, 1)}; idle trigger {_fmt(idle_kb, 1)}",
+                f"Databricks / ours = {_fmt(dbx_kb / ours_kb if dbx_kb else None)}x", "report", "-")
     cancel = data.get("cancel", {})
     for kind, base in (("trigger", "databricks-trigger"), ("operator", "databricks-operator")):
         ours_c, base_c = cancel.get(kind), cancel.get(base)
@@ -436,8 +452,9 @@ def report(data: dict[str, Any], path: str) -> None:
     print(render(table(data)))
     print()
     print("CPU: client process time (user+system, all threads) per completed status poll, steady-state window;"
-          " servers run in other processes. Memory: RSS growth per execution (RSS after the window minus RSS"
-          " before starting the triggers, / N); 'idle trigger' = the triggerer's own cost per trigger.")
+          " servers run in other processes. Memory: RSS growth per execution (RSS once every trigger has polled,"
+          " minus RSS before starting them, one-time costs paid before; / N); 'idle trigger' = the triggerer's"
+          " own cost per trigger; the slope row leaves fixed costs (shared session, pool buffers) out.")
     print("Request economy runs on a virtual clock (core.poll.PollSchedule): no real 30-minute wait.")
     pressures = [r["cpu_pressure_before"] for r in data.get("scale", []) if r.get("cpu_pressure_before") is not None]
     if pressures:

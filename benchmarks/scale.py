@@ -282,9 +282,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     wall = wall1 - wall0
     expected = args.n * wall / args.interval
     middle = wall0 + wall / 2
-    halves = ([late for late, at in zip(meter.lateness, meter.woke_at, strict=True) if (at < middle) == first]
-              for first in (True, False))
-    late_first, late_second = (1000 * percentile(half, 99) if half else math.nan for half in halves)
+    first, second = ([late for late, at in zip(meter.lateness, meter.woke_at, strict=True) if (at < middle) == is_first]
+                     for is_first in (True, False))
+    half = {f"sleep_late_p{q}_{name}_half_ms": 1000 * percentile(values, q) if values else math.nan
+            for q in (50, 99) for name, values in (("first", first), ("second", second))}
     return {
         "client": args.client,
         "n": args.n,
@@ -307,8 +308,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "latency_p99_ms": 1000 * percentile(meter.latencies, 99),
         "sleep_late_p50_ms": 1000 * percentile(meter.lateness, 50),
         "sleep_late_p99_ms": 1000 * percentile(meter.lateness, 99),
-        "sleep_late_p99_first_half_ms": late_first,
-        "sleep_late_p99_second_half_ms": late_second,
+        **half,
     }
 
 
