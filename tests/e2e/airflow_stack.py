@@ -555,11 +555,6 @@ class AirflowStack:
             # A long busy timeout: dozens of concurrent tasks heartbeating every second keep SQLite busy,
             # and a component that meets "database is locked" dies (seen: the triggerer, after 30 s).
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=120",
-            # The api-server serves the execution API from up to 40 threads; with the default pool (5 + 10
-            # overflow), 16 tasks starting at once held every connection while waiting for SQLite's write lock,
-            # and the whole stack froze until the pool's 30 s checkout timeout (seen in CI: tasks failed at start).
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "48",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "16",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",
