@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 XCOM_EXECUTION_ID = "execution_id"
 XCOM_EXECUTION_URL = "execution_url"
 STATE_STORE_KEY = "airflow_provider_cancel.execution_id"
-# on_kill runs ~5 s before SIGKILL in Airflow 3.3: one quick attempt, no retries, no waiting for confirmation.
+# on_kill has ~5 s before SIGKILL in Airflow 3.3: short timeouts, brief retries (KILL_RETRY), no waiting for the
+# execution to confirm it stopped.
 KILL_TIMEOUTS = ClientTimeouts(connect=2.0, read=2.5)
 # A 429, 503 or dropped connection must not leave the execution running: on_kill sends its cancel again, briefly,
 # while Airflow's ~5 s between SIGTERM and SIGKILL last. Retry-After is cut short: a late cancel is a lost one.
