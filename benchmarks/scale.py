@@ -203,13 +203,11 @@ def build(client: str, meter: Meter, args: argparse.Namespace, ids: list[str]) -
     triggers = [PlainPollTrigger(client, args.url, ids[i], interval) for i in range(n)]
 
     async def warm() -> None:  # the shared client and its first connection, paid once (as for ours)
+        url, headers = f"{args.url}/api/v1/execution/{ids[0]}/status", {"X-Dune-Api-Key": API_KEY}
         if client == "httpx":
-            await _SHARED.setdefault("httpx", httpx.AsyncClient()).get(f"{args.url}/api/v1/execution/{ids[0]}/status",
-                                                                       headers={"X-Dune-Api-Key": API_KEY})
+            await _SHARED.setdefault("httpx", httpx.AsyncClient()).get(url, headers=headers)
         elif client == "aiohttp":
-            session = _SHARED.setdefault("aiohttp", aiohttp.ClientSession())
-            async with session.get(f"{args.url}/api/v1/execution/{ids[0]}/status",
-                                   headers={"X-Dune-Api-Key": API_KEY}) as response:
+            async with _SHARED.setdefault("aiohttp", aiohttp.ClientSession()).get(url, headers=headers) as response:
                 await response.read()
 
     return triggers, warm

@@ -223,7 +223,7 @@ def test_a_kill_whose_cancels_meet_a_run_of_transient_faults_still_cancels(emu, 
 
 def test_a_kill_whose_cancel_keeps_failing_gives_up_before_sigkill(emu, vendor):
     """A vendor that refuses every cancel: on_kill stops trying when its budget is spent (Airflow would SIGKILL
-    the process anyway), says so, and the task still ends killed."""
+    the process anyway) and the task still ends killed."""
     task_id, store, ti = fresh_task("kdown")
     task = scenario_operator(vendor, "forever", task_id=task_id)
     thread, outcome = in_thread(task, make_context(ti, store))
