@@ -6,15 +6,8 @@
 set -euo pipefail
 
 if ! command -v chromium >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "install-browser: need root or sudo to apt-get install chromium" >&2; exit 1; }
-    SUDO="sudo"
-  fi
-  echo "install-browser: apt-get install chromium"
-  $SUDO apt-get update -q
   # fonts-liberation: without any font the screenshots show boxes instead of text
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium fonts-liberation
+  bash "$(dirname "$0")/apt-install.sh" chromium fonts-liberation
 fi
 
 # The browser must actually render a page headless (a half-installed package or a missing library shows here).

@@ -13,7 +13,8 @@ echo "== mypy"
 mypy
 echo "== unit, emulator, integration (2 workers)"
 python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
-echo "== end-to-end on a real Airflow 3.3 (one stack; scenarios run concurrently inside it)"
+echo "== end-to-end on a real Airflow 3.3 (one stack on a private PostgreSQL; scenarios run concurrently inside it)"
+bash scripts/setup-postgres.sh
 python -m pytest -p no:cacheprovider -m "e2e and not ui" "$@"
 echo "== the Airflow UI in headless Chromium (Debian's chromium; screenshots in artifacts/ui/)"
 bash scripts/install-browser.sh

@@ -1,7 +1,8 @@
 """A real Airflow 3.3 stack for end-to-end tests, driven through the public REST API like the UI.
 
 ``AirflowStack`` starts ``airflow standalone`` (scheduler with LocalExecutor, dag-processor, triggerer,
-api-server) on SQLite in a temporary ``AIRFLOW_HOME``, waits until ``/api/v2/monitor/health`` reports every
+api-server) in a temporary ``AIRFLOW_HOME`` on a private PostgreSQL server (``tests/e2e/postgres.py``; SQLite
+froze under waves of task starts), waits until ``/api/v2/monitor/health`` reports every
 component healthy, and offers REST helpers (trigger runs, mark TIs failed/success, clear, read XCom/logs) and
 process helpers (find the pids of a running task, restart the triggerer, start a second triggerer) for the
 kill-path tests.
@@ -84,9 +85,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+
+if TYPE_CHECKING:
+    from .postgres import PostgresServer
 
 __all__ = [
     "AirflowStack",
@@ -440,6 +444,9 @@ class AirflowStack:
     :param stop_grace: seconds between SIGTERM and SIGKILL in ``stop()``.
     :param keep_home: keep the temporary AIRFLOW_HOME after ``stop()`` (also kept if env
         ``AIRFLOW_STACK_KEEP_HOME=1``), e.g. to read the logs of a failed run.
+    :param database: ``"postgres"`` (a private server in AIRFLOW_HOME/postgres, ended with the stack) or
+        ``"sqlite"``; default: env ``AIRFLOW_STACK_DB``, else ``"postgres"``. On SQLite, Airflow 3.3's
+        api-server froze for 30-120 s when ~16 tasks started at once, and tasks died at start.
     """
 
     def __init__(
@@ -453,7 +460,13 @@ class AirflowStack:
         stop_grace: float = 10.0,
         request_timeout: float = 150.0,  # above SQLite's busy timeout: a slow answer is not a failure
         keep_home: bool = False,
+        database: str | None = None,
     ) -> None:
+        self.database = database or os.environ.get("AIRFLOW_STACK_DB") or "postgres"
+        if self.database not in ("postgres", "sqlite"):
+            raise StackError(f"database must be 'postgres' or 'sqlite', not {self.database!r}")
+        self.postgres: PostgresServer | None = None
+        self._db_url: str | None = None
         self.dags_folder = Path(dags_folder).resolve()
         self.extra_env = dict(env or {})
         self.parallelism = parallelism
@@ -552,9 +565,7 @@ class AirflowStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.base_url}/execution/",
             "AIRFLOW__CORE__FERNET_KEY": fernet,
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-            # A long busy timeout: dozens of concurrent tasks heartbeating every second keep SQLite busy,
-            # and a component that meets "database is locked" dies (seen: the triggerer, after 30 s).
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db?timeout=120",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._db_url or "",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",
@@ -613,6 +624,7 @@ class AirflowStack:
     def _start_once(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="airflow-stack-"))
         self.port = free_port()
+        self._db_url = self._start_database()
         self._env = self._build_env()
         self._client = httpx.Client(base_url=self.base_url, timeout=self.request_timeout)
         leader_log = open(self.home / "stack-leader.log", "ab")  # noqa: SIM115
@@ -638,6 +650,25 @@ class AirflowStack:
             self.keep_home = True  # keep the logs the error message points to
             self.stop()
             raise
+
+    def _start_database(self) -> str:
+        assert self.home is not None
+        if self.database == "sqlite":
+            # A long busy timeout: dozens of concurrent tasks heartbeating every second keep SQLite busy,
+            # and a component that meets "database is locked" dies (seen: the triggerer, after 30 s).
+            return f"sqlite:///{self.home}/airflow.db?timeout=120"
+        from .postgres import PostgresError, PostgresServer  # here: the leader runs this file as a script
+
+        self.home.chmod(0o755)  # the server may run as the postgres user: it must reach home/postgres
+        for attempt in range(3):
+            self.postgres = PostgresServer(self.home / f"postgres-{attempt}", free_port())
+            try:
+                return self.postgres.start("airflow")
+            except PostgresError as e:
+                self.postgres.stop()
+                if "could not bind" not in str(e) or attempt == 2:  # a port taken since we picked it: retry
+                    raise StackError(f"could not start the stack's PostgreSQL: {e}") from None
+        raise AssertionError("unreachable")
 
     def _atexit_stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -701,6 +732,7 @@ class AirflowStack:
             atexit.unregister(self._atexit_stop)
         leader = self._leader
         if leader is None or self._stopped:
+            self._stop_database()
             return
         self._stopped = True
         grace = self.stop_grace if grace is None else grace
@@ -740,6 +772,7 @@ class AirflowStack:
         for stream in (leader.stdin, leader.stdout):
             with contextlib.suppress(Exception):
                 stream.close()  # type: ignore[union-attr]
+        self._stop_database()  # after the components: none of them should see the database vanish
         self.stop_seconds = time.monotonic() - t0
         survivors = [p for p in _family(sid, sid) if p.pid != os.getpid()]
         if self.home is not None and not self.keep_home and not survivors:
@@ -747,6 +780,17 @@ class AirflowStack:
         if survivors:
             raise StackError(f"processes of the stack survived stop(): {survivors}")
         self.leftovers_killed = leftovers
+
+    def dump_database(self) -> bytes:
+        """The metadata database's content: a plain SQL dump (PostgreSQL) or the database file (SQLite)."""
+        assert self.home is not None
+        if self.postgres is None:
+            return (self.home / "airflow.db").read_bytes()
+        return self.postgres.dump("airflow")
+
+    def _stop_database(self) -> None:
+        if self.postgres is not None:
+            self.postgres.stop()
 
     # ---------------------------------------------------------------------------------------- processes
     def processes(self) -> list[ProcInfo]:

@@ -106,6 +106,10 @@ def test_stack_is_healthy_and_patch_works(stack):
     env = stack.env
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"{stack.base_url}/execution/"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    if stack.database == "postgres":  # the stack's own server, on loopback, not SQLite
+        assert stack.postgres is not None and stack.postgres.process is not None
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"postgresql+psycopg2://airflow@127.0.0.1:{stack.postgres.port}/airflow"
+        assert health["metadatabase"]["status"] == "healthy"
 
 
 def test_restart_triggerer_keeps_deferred_task(stack):
@@ -242,6 +246,7 @@ def test_stop_leaves_no_process(stack):
     before = stack.processes()
     assert len(before) > 8  # standalone, 4 components, log servers, workers, task runners...
     port = stack.port
+    database = stack.postgres.process if stack.postgres else None
     stack.stop(grace=5)
     print(f"\n[airflow-stack] stop took {stack.stop_seconds:.1f}s for {len(before)} processes")
     assert not any(pid_alive(p.pid) for p in before)
@@ -258,4 +263,6 @@ def test_stop_leaves_no_process(stack):
     AirflowStack.wait_until(lambda: not session_members(include_zombies=True), timeout=10, interval=0.1)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # the api-server is gone
+    if database is not None:  # the private PostgreSQL server is ended too (it has its own session)
+        assert database.poll() is not None and not pid_alive(database.pid)
     stack.stop()  # idempotent

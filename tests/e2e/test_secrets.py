@@ -1,8 +1,8 @@
 """The API key never leaks: real tasks on a real Airflow 3.3 (a success, a vendor failure, a timeout that cancels and
 a deferred success, per vendor) run with a recognizable key, then every place a user or an attacker could read is
 searched for it, in plain, base64 and URL-encoded form: task logs (every try, exception texts included), XComs,
-rendered fields, the task-instance records, the emulator's journal and records, and every file in AIRFLOW_HOME
-(logs, the metadata database)."""
+rendered fields, the task-instance records, the emulator's journal and records, the metadata database (a full
+dump), and every file in AIRFLOW_HOME (logs, the database server's own files)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def test_the_key_appears_nowhere(stack, emu_client):
             blobs[f"xcom {task_id} {entry['key']}"] = json.dumps(value, default=repr).encode()
     blobs["emulator journal"] = json.dumps(emu_client.journal()).encode()
     blobs["emulator executions"] = json.dumps(emu_client.executions()).encode()
+    blobs["metadata database"] = stack.dump_database()  # XComs, rendered fields, triggers' kwargs, TI records
     assert stack.home is not None
     for path in Path(stack.home).rglob("*"):
         if path.is_file():
@@ -82,7 +83,8 @@ def test_the_key_appears_nowhere(stack, emu_client):
         assert blobs.get(f"xcom {vendor}_succeed execution_id") and blobs.get(f"xcom {vendor}_deferred return_value")
         assert "ExecutionFailed: " in logs[f"{vendor}_fail"], logs[f"{vendor}_fail"][-3000:]  # the exception text
         assert "Cancelled" in logs[f"{vendor}_timeout"]
-    assert any(name.endswith(".db") for name in blobs)  # the metadata database (XComs, rendered fields, triggers)
+    execution_ids = [json.loads(blobs[f"xcom {vendor}_succeed execution_id"]) for vendor in VENDORS]
+    assert all(str(eid).encode() in blobs["metadata database"] for eid in execution_ids)  # the dump holds the XComs
     journal = emu_client.journal()
     assert {e["auth"] for e in journal if e["vendor"] in VENDORS} == {"ok"}  # the key was really sent
 
