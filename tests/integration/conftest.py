@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -95,6 +96,22 @@ async def drive_trigger(trigger: Any, *, cancel_when: Callable[[], Any] | None =
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, max(1.0, deadline - time.monotonic()))
     return [entry.event.payload for entry in runner.events]
+
+
+def in_thread(task: Any, context: dict[str, Any]) -> tuple[threading.Thread, dict]:
+    """Run ``task.execute(context)`` in a worker thread, as a task runner would (``on_kill`` then comes from another
+    thread); the dict gets ``result`` or ``error``."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = task.execute(context)
+        except BaseException as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
 
 
 def defer(task: Any, context: dict[str, Any]) -> Any:

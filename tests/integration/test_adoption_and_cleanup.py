@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 
 import pytest
@@ -24,7 +23,7 @@ from airflow_provider_cancel.core.errors import (
 from airflow_provider_cancel.core.operator import KILL_RETRY, STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.emulator.testing import wait_for
 
-from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, make_context
+from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, in_thread, make_context
 from .vendor_ops import scenario_operator
 
 pytestmark = pytest.mark.parametrize("vendor", VENDORS)
@@ -187,20 +186,6 @@ def test_an_earlier_trys_succeeded_execution_gives_its_result_without_a_new_star
     assert result is not None and len(journal_ids(emu, vendor, "create")) == creates_before
     assert STATE_STORE_KEY not in store.values  # forgotten on success: a later clear runs anew
     assert emu.cancels(first) == []
-
-
-def in_thread(task, context) -> tuple[threading.Thread, dict]:
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = task.execute(context)
-        except BaseException as err:
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def test_a_kill_whose_cancels_meet_a_run_of_transient_faults_still_cancels(emu, vendor):

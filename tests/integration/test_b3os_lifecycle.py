@@ -8,12 +8,10 @@ import json
 import re
 import threading
 import uuid
-from datetime import timedelta
 
 import pytest
 from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout, TaskDeferralError, TaskDeferred
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -26,7 +24,6 @@ from airflow_provider_cancel.core.hook import CancelOutcome
 from airflow_provider_cancel.core.http import ApiCall, ClientTimeouts, RetryPolicy
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID, XCOM_EXECUTION_URL
 from airflow_provider_cancel.core.state import ExecutionState
-from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.b3os import (
     B3osHook,
@@ -149,44 +146,6 @@ def test_cancelled_by_someone_else_fails_without_retry(emu):
     assert isinstance(err.value, AirflowFailException)
     assert "cancelled outside this task" in str(err.value)
     assert emu.cancels(task.execution_id) == []
-
-
-def test_on_kill_while_polling_cancels_once_and_the_task_does_not_succeed(emu):
-    task = op("forever")
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = task.execute(context())
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    wait_for(lambda: task.execution_id and statuses(emu, task.execution_id), 20)
-    task.on_kill()
-    task.on_kill()  # Airflow can call it twice: still one cancel
-    worker.join(20)
-    assert not worker.is_alive()
-    assert isinstance(outcome.get("error"), ExecutionKilled), outcome
-    assert len(emu.cancels(task.execution_id)) == 1
-    assert emu.execution(task.execution_id)["state"] == "cancelled"
-
-
-def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu):
-    task = op("forever")
-    with pytest.raises(AirflowTaskTimeout), airflow_timeout(2):  # SIGALRM, as the task runner does
-        task.execute(context())
-    task.on_kill()
-    assert len(emu.cancels(task.execution_id)) == 1
-
-
-def test_an_api_error_mid_wait_cancels_before_failing(emu):
-    task = op("forever")
-    emu.add_fault(vendor="b3os", action="status", kind="403", count=1)  # the key is refused: not transient
-    with pytest.raises(ExecutionApiError, match="HTTP 403"):
-        task.execute(context())
-    assert len(emu.cancels(task.execution_id)) == 1
 
 
 # -- B3OS specifics ------------------------------------------------------------------------------------------
@@ -476,49 +435,6 @@ async def test_deferred_failure_names_the_failed_nodes(emu):
     with pytest.raises(ExecutionFailed, match="node 'notify'"):
         op("fail:2", deferrable=True).execute_complete(ctx, events[0])
     assert emu.cancels(trigger.execution_id) == []
-
-
-async def test_deferred_user_kill_cancels_once_via_trigger_on_kill(emu):
-    trigger = defer(op("forever", deferrable=True), context())
-    run_id = trigger.execution_id
-    await drive_trigger(trigger, cancel_when=lambda: statuses(emu, run_id), cancel_msg=_USER_ACTION_CANCEL_MSG)
-    assert len(emu.cancels(run_id)) == 1
-    assert emu.execution(run_id)["state"] == "cancelled"
-
-
-async def test_triggerer_shutdown_does_not_cancel_and_a_new_trigger_resumes_polling(emu):
-    trigger = defer(op("forever", deferrable=True), context())
-    run_id = trigger.execution_id
-    events = await drive_trigger(trigger, cancel_when=lambda: statuses(emu, run_id))
-    assert events == [] and emu.cancels(run_id) == []
-    polls = len(statuses(emu, run_id))
-    again = ExecutionTrigger(**trigger.serialize()[1])
-    await drive_trigger(again, cancel_when=lambda: len(statuses(emu, run_id)) > polls)
-    assert emu.cancels(run_id) == []
-    B3osHook(CONN).cancel(run_id)
-
-
-async def test_deferred_deadline_cancels_once_and_fails_with_a_timeout(emu):
-    task = op("forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    ctx = context()
-    trigger = defer(task, ctx)
-    events = await drive_trigger(trigger, timeout=30)
-    assert [e["kind"] for e in events] == ["timeout"] and events[0]["cancel_result"] == "requested"
-    assert len(emu.cancels(trigger.execution_id)) == 1
-    resumed = op("forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    with pytest.raises(AirflowTaskTimeout, match="execution_timeout"):
-        resumed.execute_complete(ctx, events[0])
-    resumed.on_kill()
-    assert len(emu.cancels(trigger.execution_id)) == 1
-
-
-def test_defer_timeout_backstop_cancels_with_the_recorded_id(emu):
-    ctx = context()
-    trigger = defer(op("forever", deferrable=True), ctx)
-    resumed = op("forever", deferrable=True)  # knows no id: reads XCom / task_state_store
-    with pytest.raises(TaskDeferralError):
-        resumed.resume_execution("__fail__", {"error": "Trigger failure"}, ctx)
-    assert len(emu.cancels(trigger.execution_id)) == 1
 
 
 # -- retry after a hard worker crash ----------------------------------------------------------------------

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from datetime import timedelta
 
 import pytest
 from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout, TaskDeferralError, TaskDeferred
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -23,7 +21,6 @@ from airflow_provider_cancel.core.errors import (
 from airflow_provider_cancel.core.hook import CancelOutcome
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.core.state import ExecutionState
-from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.bctrl import BUSY_RUNTIME_ID, FORBIDDEN_SUBACCOUNT, MISSING_ID
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.bctrl import (
@@ -152,32 +149,6 @@ def test_on_kill_while_polling_requests_cancel_once_and_the_next_read_says_cance
     record = emu.execution(eid)
     assert (record["state"], record["cancelled_by"]) == ("cancelled", "api")
     assert len(emu.cancels(eid)) == 1
-
-
-def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu):
-    task = op("forever")
-    with pytest.raises(AirflowTaskTimeout), airflow_timeout(2):  # SIGALRM, as the task runner does
-        task.execute(ctx())
-    task.on_kill()  # what the task runner calls next
-    assert len(emu.cancels(task.execution_id)) == 1
-    assert emu.execution(task.execution_id)["state"] in ("cancelling", "cancelled")
-
-
-def test_an_api_error_mid_wait_cancels_before_failing(emu):
-    task = op("forever")
-    emu.add_fault(vendor="bctrl", action="status", kind="403", count=1)  # the key is refused: not transient
-    with pytest.raises(ExecutionApiError, match=r"HTTP 403"):
-        task.execute(ctx())
-    assert len(emu.cancels(task.execution_id)) == 1
-
-
-def test_cancel_on_kill_false_never_cancels(emu):
-    task = op("forever", cancel_on_kill=False)
-    with pytest.raises(AirflowTaskTimeout), airflow_timeout(1):
-        task.execute(ctx())
-    task.on_kill()
-    assert emu.cancels(task.execution_id) == []
-    BctrlHook(CONN).cancel(task.execution_id)  # tidy up the emulator
 
 
 # -- asynchronous cancel and cancel outcomes ---------------------------------------------------------------
@@ -408,41 +379,6 @@ async def test_deferred_failure_carries_the_step_error(emu):
         op("fail:2", deferrable=True).execute_complete(context, events[0])
 
 
-async def test_deferred_user_kill_cancels_once_via_trigger_on_kill(emu):
-    trigger = defer(op("forever", deferrable=True), ctx())
-    eid = trigger.execution_id
-    await drive_trigger(trigger, cancel_when=lambda: emu.journal(action="status", execution_id=eid),
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
-    assert len(emu.cancels(eid)) == 1
-    assert BctrlHook(CONN).get_status(eid).state is ExecutionState.CANCELLED
-
-
-async def test_triggerer_shutdown_does_not_cancel_and_a_new_trigger_resumes_polling(emu):
-    trigger = defer(op("forever", deferrable=True), ctx())
-    eid = trigger.execution_id
-    events = await drive_trigger(trigger, cancel_when=lambda: emu.journal(action="status", execution_id=eid))
-    assert events == [] and emu.cancels(eid) == []
-    polls = len(emu.journal(action="status", execution_id=eid))
-    again = ExecutionTrigger(**trigger.serialize()[1])
-    await drive_trigger(again, cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > polls)
-    assert emu.cancels(eid) == []
-    BctrlHook(CONN).cancel(eid)
-
-
-async def test_deferred_deadline_cancels_once_and_fails_with_a_timeout(emu):
-    task = op("forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    context = ctx()
-    trigger = defer(task, context)
-    events = await drive_trigger(trigger, timeout=30)
-    assert [e["kind"] for e in events] == ["timeout"] and events[0]["cancel_result"] == "requested"
-    assert len(emu.cancels(trigger.execution_id)) == 1
-    resumed = op("forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    with pytest.raises(AirflowTaskTimeout, match="execution_timeout"):
-        resumed.execute_complete(context, events[0])
-    resumed.on_kill()  # the task runner calls on_kill after a timeout: no second cancel
-    assert len(emu.cancels(trigger.execution_id)) == 1
-
-
 async def test_a_cancel_requested_elsewhere_while_deferred_ends_as_cancelled_remotely(emu):
     """Someone else asks bctrl to cancel (cancelling): the trigger reads on, and the task fails without retry."""
     trigger = defer(op("forever", deferrable=True), ctx())
@@ -454,15 +390,6 @@ async def test_a_cancel_requested_elsewhere_while_deferred_ends_as_cancelled_rem
     with pytest.raises(ExecutionCancelledRemotely, match=r"invocation\.cancelled"):
         op("forever", deferrable=True).execute_complete(ctx(), events[0])
     assert len(emu.cancels(eid)) == 1
-
-
-def test_defer_timeout_backstop_cancels_with_the_recorded_id(emu):
-    context = ctx()
-    trigger = defer(op("forever", deferrable=True), context)
-    resumed = op("forever", deferrable=True)  # knows no id: reads XCom / task_state_store
-    with pytest.raises(TaskDeferralError):
-        resumed.resume_execution("__fail__", {"error": "Trigger failure"}, context)
-    assert len(emu.cancels(trigger.execution_id)) == 1
 
 
 # -- retry after a hard worker crash (the id was recorded before polling) ----------------------------------

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout, TaskDeferralError, TaskDeferred
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
     ExecutionCancelledRemotely,
     ExecutionFailed,
-    ExecutionKilled,
     ProviderConfigError,
 )
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
-from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.dune import DuneExecutionSensor, DuneHook, DuneRunQueryOperator
 
@@ -79,53 +74,6 @@ def test_cancelled_by_someone_else_fails_without_retry(emu):
     assert isinstance(err.value, AirflowFailException)
     assert "cancelled outside this task" in str(err.value)
     assert emu.cancels(task.execution_id) == []
-
-
-def test_on_kill_while_polling_cancels_once_and_the_task_does_not_succeed(emu):
-    task = op("SELECT 1 -- emulate:forever")
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = task.execute(make_context())
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 20)
-    task.on_kill()
-    task.on_kill()  # Airflow can call it twice (SIGTERM, then the timeout path): still one cancel
-    worker.join(20)
-    assert not worker.is_alive()
-    assert isinstance(outcome.get("error"), ExecutionKilled), outcome
-    assert len(emu.cancels(task.execution_id)) == 1
-    assert emu.execution(task.execution_id)["state"] == "cancelled"
-
-
-def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu):
-    task = op("SELECT 1 -- emulate:forever")
-    with pytest.raises(AirflowTaskTimeout), airflow_timeout(2):  # SIGALRM, as the task runner does
-        task.execute(make_context())
-    task.on_kill()  # what the task runner calls next
-    assert len(emu.cancels(task.execution_id)) == 1
-
-
-def test_an_api_error_mid_wait_cancels_before_failing(emu):
-    task = op("SELECT 1 -- emulate:forever")
-    emu.add_fault(vendor="dune", action="status", kind="403", count=1)  # the key is refused: not transient
-    with pytest.raises(ExecutionApiError, match="HTTP 403"):
-        task.execute(make_context())
-    assert len(emu.cancels(task.execution_id)) == 1
-
-
-def test_cancel_on_kill_false_never_cancels(emu):
-    task = op("SELECT 1 -- emulate:forever", cancel_on_kill=False)
-    with pytest.raises(AirflowTaskTimeout), airflow_timeout(1):
-        task.execute(make_context())
-    task.on_kill()
-    assert emu.cancels(task.execution_id) == []
-    DuneHook(CONN).cancel(task.execution_id)  # tidy up the emulator
 
 
 def test_429_storm_with_retry_after_is_ridden_out(emu):
@@ -195,60 +143,6 @@ async def test_deferred_success_resumes_with_the_result_and_no_cancel(emu):
     result = fresh.execute_complete(ctx, events[0])
     assert result["row_count"] == 3
     assert emu.cancels(trigger.execution_id) == []
-
-
-async def test_deferred_user_kill_cancels_once_via_trigger_on_kill(emu):
-    trigger = defer(op("SELECT 1 -- emulate:forever", deferrable=True), make_context())
-    eid = trigger.execution_id
-    await drive_trigger(trigger, cancel_when=lambda: emu.journal(action="status", execution_id=eid),
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
-    assert len(emu.cancels(eid)) == 1
-
-
-async def test_triggerer_shutdown_does_not_cancel_and_a_new_trigger_resumes_polling(emu):
-    trigger = defer(op("SELECT 1 -- emulate:forever", deferrable=True), make_context())
-    eid = trigger.execution_id
-    events = await drive_trigger(trigger, cancel_when=lambda: emu.journal(action="status", execution_id=eid))
-    assert events == [] and emu.cancels(eid) == []
-    # The next triggerer rebuilds the same trigger from its serialized kwargs and keeps polling.
-    polls = len(emu.journal(action="status", execution_id=eid))
-    again = ExecutionTrigger(**trigger.serialize()[1])
-    await drive_trigger(again, cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > polls)
-    assert emu.cancels(eid) == []
-    DuneHook(CONN).cancel(eid)
-
-
-async def test_deferred_deadline_cancels_once_and_fails_with_a_timeout(emu):
-    from datetime import timedelta
-
-    task = op("SELECT 1 -- emulate:forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    ctx = make_context()
-    trigger = defer(task, ctx)
-    events = await drive_trigger(trigger, timeout=30)
-    assert [e["kind"] for e in events] == ["timeout"] and events[0]["cancel_result"] == "requested"
-    assert len(emu.cancels(trigger.execution_id)) == 1
-    resumed = op("SELECT 1 -- emulate:forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    with pytest.raises(AirflowTaskTimeout, match="execution_timeout"):
-        resumed.execute_complete(ctx, events[0])
-    resumed.on_kill()  # the task runner calls on_kill after a timeout: no second cancel
-    assert len(emu.cancels(trigger.execution_id)) == 1
-
-
-async def test_trigger_rides_out_transient_errors(emu):
-    trigger = defer(op("SELECT 1 -- emulate:succeed:2", deferrable=True), make_context())
-    emu.add_fault(vendor="dune", action="status", kind="503", count=3, retry_after=0)
-    events = await drive_trigger(trigger)
-    assert [e["kind"] for e in events] == ["terminal"]
-    assert emu.cancels(trigger.execution_id) == []
-
-
-def test_defer_timeout_backstop_cancels_with_the_recorded_id(emu):
-    ctx = make_context()
-    trigger = defer(op("SELECT 1 -- emulate:forever", deferrable=True), ctx)
-    resumed = op("SELECT 1 -- emulate:forever", deferrable=True)  # knows no id: reads XCom / task_state_store
-    with pytest.raises(TaskDeferralError):
-        resumed.resume_execution("__fail__", {"error": "Trigger failure"}, ctx)
-    assert len(emu.cancels(trigger.execution_id)) == 1
 
 
 def test_invalid_trigger_event_fails_loudly(emu):

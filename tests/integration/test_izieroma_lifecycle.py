@@ -8,27 +8,23 @@ import re
 import threading
 import time
 import uuid
-from datetime import timedelta
 
 import httpx
 import pytest
 import respx
 from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, AirflowTaskTimeout, TaskDeferred
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
     ExecutionCancelledRemotely,
     ExecutionFailed,
-    ExecutionKilled,
     ProviderConfigError,
 )
 from airflow_provider_cancel.core.hook import CancelOutcome
 from airflow_provider_cancel.core.http import ApiCall, ClientTimeouts, RetryPolicy
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.core.state import ExecutionState
-from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.izieroma import (
     IzieromaExecutionSensor,
@@ -126,46 +122,6 @@ def test_cancelled_by_someone_else_fails_without_retry(emu):
     assert isinstance(err.value, AirflowFailException)
     assert "cancelled outside this task (cancelled)" in str(err.value)
     assert emu.cancels(task.execution_id) == []
-
-
-def test_on_kill_while_polling_cancels_once_and_the_task_does_not_succeed(emu):
-    task = op("Never ending emulate:forever")
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = task.execute(fresh_context())
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 20)
-    task.on_kill()
-    task.on_kill()  # Airflow can call it twice (SIGTERM, then the timeout path): still one cancel
-    worker.join(20)
-    assert not worker.is_alive()
-    assert isinstance(outcome.get("error"), ExecutionKilled), outcome
-    (cancel,) = emu.cancels(task.execution_id)
-    assert cancel["status_code"] == 200
-    assert emu.execution(task.execution_id)["state"] == "cancelled"
-
-
-def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu):
-    task = op("Never ending emulate:forever")
-    with pytest.raises(AirflowTaskTimeout), airflow_timeout(2):  # SIGALRM, as the task runner does
-        task.execute(fresh_context())
-    task.on_kill()  # what the task runner calls next
-    assert len(emu.cancels(task.execution_id)) == 1
-    assert emu.execution(task.execution_id)["cancelled_by"] == "api"
-
-
-def test_an_api_error_mid_wait_cancels_before_failing(emu):
-    task = op("Never ending emulate:forever")
-    emu.add_fault(vendor=VENDOR, action="status", kind="403", count=1)  # the key is refused: not transient
-    with pytest.raises(ExecutionApiError, match="HTTP 403"):
-        task.execute(fresh_context())
-    assert len(emu.cancels(task.execution_id)) == 1
 
 
 def test_429_storm_with_retry_after_is_ridden_out(emu):
@@ -356,20 +312,6 @@ async def test_deferred_success_resumes_with_the_result_and_no_cancel(emu):
     assert emu.cancels(trigger.execution_id) == []
 
 
-def polled_since(emu, eid: str, before: int):
-    """True once the trigger made its own status read (the operator read once before deferring)."""
-    return lambda: len(emu.journal(action="status", execution_id=eid)) > before
-
-
-async def test_deferred_user_kill_cancels_once_via_trigger_on_kill(emu):
-    trigger = defer(op("Forever emulate:forever", deferrable=True), fresh_context())
-    eid = trigger.execution_id
-    before = len(emu.journal(action="status", execution_id=eid))
-    await drive_trigger(trigger, cancel_when=polled_since(emu, eid, before), cancel_msg=_USER_ACTION_CANCEL_MSG)
-    assert len(emu.cancels(eid)) == 1
-    assert emu.execution(eid)["state"] == "cancelled"
-
-
 async def test_deferred_user_kill_during_the_connection_lookup_still_cancels(emu, monkeypatch):
     from airflow.sdk.execution_time import supervisor
 
@@ -387,33 +329,6 @@ async def test_deferred_user_kill_during_the_connection_lookup_still_cancels(emu
     monkeypatch.setattr(supervisor, "ensure_secrets_backend_loaded", lambda: [SlowBackend()])
     await drive_trigger(trigger, cancel_when=looking_up.is_set, cancel_msg=_USER_ACTION_CANCEL_MSG)
     assert len(emu.cancels(eid)) == 1
-
-
-async def test_triggerer_shutdown_does_not_cancel_and_a_new_trigger_resumes_polling(emu):
-    trigger = defer(op("Forever emulate:forever", deferrable=True), fresh_context())
-    eid = trigger.execution_id
-    before = len(emu.journal(action="status", execution_id=eid))
-    events = await drive_trigger(trigger, cancel_when=polled_since(emu, eid, before))
-    assert events == [] and emu.cancels(eid) == []
-    polls = len(emu.journal(action="status", execution_id=eid))
-    again = ExecutionTrigger(**trigger.serialize()[1])
-    await drive_trigger(again, cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > polls)
-    assert emu.cancels(eid) == []
-    IzieromaHook(CONN).cancel(eid)
-
-
-async def test_deferred_deadline_cancels_once_and_fails_with_a_timeout(emu):
-    task = op("Forever emulate:forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    ctx = fresh_context()
-    trigger = defer(task, ctx)
-    events = await drive_trigger(trigger, timeout=30)
-    assert [e["kind"] for e in events] == ["timeout"] and events[0]["cancel_result"] == "requested"
-    assert len(emu.cancels(trigger.execution_id)) == 1
-    resumed = op("Forever emulate:forever", deferrable=True, execution_timeout=timedelta(seconds=2))
-    with pytest.raises(AirflowTaskTimeout, match="execution_timeout"):
-        resumed.execute_complete(ctx, events[0])
-    resumed.on_kill()  # the task runner calls on_kill after a timeout: no second cancel
-    assert len(emu.cancels(trigger.execution_id)) == 1
 
 
 # -- retry after a hard worker crash -------------------------------------------------------------------------

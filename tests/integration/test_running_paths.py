@@ -1,0 +1,69 @@
+"""A running (not deferred) task's kill paths on all five vendors, over real HTTP against the emulator.
+
+A kill while polling cancels once and the task never succeeds (K1, K5); Airflow's own execution_timeout (SIGALRM,
+then on_kill) cancels once (K4); an API error that is not transient cancels before failing; with
+``cancel_on_kill=False`` nothing is ever cancelled. The emulator's journal is the witness.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+
+from airflow_provider_cancel.core.errors import ExecutionApiError, ExecutionKilled
+from airflow_provider_cancel.emulator.testing import wait_for
+
+from .conftest import VENDORS, FakeStore, FakeTI, in_thread, make_context
+from .vendor_ops import scenario_operator
+
+pytestmark = pytest.mark.parametrize("vendor", VENDORS)
+
+
+def running_task(vendor: str, scenario: str = "forever", **kw):
+    """The vendor's operator, waiting in the worker, under a task id of its own (B3OS and izieroma derive their
+    idempotency keys from it), and the context of its first try."""
+    task_id = f"running-{uuid.uuid4().hex[:8]}"
+    task = scenario_operator(vendor, scenario, task_id=task_id, deferrable=False, **kw)
+    return task, make_context(FakeTI(task_id), FakeStore())
+
+
+def test_on_kill_while_polling_cancels_once_and_the_task_does_not_succeed(emu, vendor):
+    task, context = running_task(vendor)
+    worker, outcome = in_thread(task, context)
+    wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 20)
+    task.on_kill()
+    task.on_kill()  # Airflow can call it twice (SIGTERM, then the timeout path): still one cancel
+    worker.join(20)
+    assert not worker.is_alive()
+    assert isinstance(outcome.get("error"), ExecutionKilled), outcome
+    assert len(emu.cancels(task.execution_id)) == 1
+    assert emu.execution(task.execution_id)["state"] in ("cancelled", "cancelling")
+
+
+def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu, vendor):
+    task, context = running_task(vendor)
+    with pytest.raises(AirflowTaskTimeout), airflow_timeout(2):  # SIGALRM, as the task runner does
+        task.execute(context)
+    task.on_kill()  # what the task runner calls next
+    assert len(emu.cancels(task.execution_id)) == 1
+    assert emu.execution(task.execution_id)["state"] in ("cancelled", "cancelling")
+
+
+def test_an_api_error_mid_wait_cancels_before_failing(emu, vendor):
+    task, context = running_task(vendor)
+    emu.add_fault(vendor=vendor, action="status", kind="403", count=1)  # the key is refused: not transient
+    with pytest.raises(ExecutionApiError, match="HTTP 403"):
+        task.execute(context)
+    assert len(emu.cancels(task.execution_id)) == 1
+
+
+def test_cancel_on_kill_false_never_cancels(emu, vendor):
+    task, context = running_task(vendor, cancel_on_kill=False)
+    with pytest.raises(AirflowTaskTimeout), airflow_timeout(1):
+        task.execute(context)
+    task.on_kill()
+    assert emu.cancels(task.execution_id) == []
+    task.hook.cancel(task.execution_id)  # tidy up the emulator
