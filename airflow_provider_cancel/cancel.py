@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from airflow_provider_cancel.core.errors import ProviderConfigError
+from airflow_provider_cancel.core.errors import ExecutionKilled, ProviderConfigError
 from airflow_provider_cancel.core.operator import format_duration
 from airflow_provider_cancel.core.poll import PollSchedule
 
@@ -78,6 +79,7 @@ class CancelExecutionOperator(BaseOperator):
     :param wait_for_termination: after the cancel requests, wait until every execution has ended (some vendors
         cancel asynchronously), up to ``termination_timeout`` seconds.
     :param termination_timeout: how long to wait for the executions to end; the task fails if one is still live.
+        A kill of this task (mark failed, timeout) ends the wait at once; the cancels already sent stand.
     :param poll_interval: first delay between status reads while waiting, in seconds.
     """
 
@@ -102,6 +104,7 @@ class CancelExecutionOperator(BaseOperator):
         self.wait_for_termination = wait_for_termination
         self.termination_timeout = termination_timeout
         self.poll_interval = poll_interval
+        self._killed = threading.Event()  # set by on_kill: stop waiting (the cancels are already sent)
 
     def _ids(self, hook: ExecutionHook) -> list[str]:
         values = _as_list(self.execution_ids)
@@ -137,10 +140,19 @@ class CancelExecutionOperator(BaseOperator):
             if len(states) == len(ids):
                 return states
             elapsed = time.monotonic() - started
+            still = ", ".join(sorted(set(ids) - set(states)))
             if elapsed >= self.termination_timeout:
-                still = sorted(set(ids) - set(states))
                 raise AirflowException(
-                    f"{hook.vendor} executions {', '.join(still)} still not ended {format_duration(elapsed)} "
+                    f"{hook.vendor} executions {still} still not ended {format_duration(elapsed)} "
                     "after their cancel was requested"
                 )
-            time.sleep(min(schedule.delay(elapsed, hook.client.rate_limit), self.termination_timeout - elapsed))
+            delay = min(schedule.delay(elapsed, hook.client.rate_limit), self.termination_timeout - elapsed)
+            if self._killed.wait(delay):
+                raise ExecutionKilled(
+                    f"Task killed while waiting for {hook.vendor} executions {still} to end; "
+                    "their cancellation was requested"
+                )
+
+    def on_kill(self) -> None:
+        """Airflow's SIGTERM handler only calls this: without it the wait would run on until SIGKILL 5 s later."""
+        self._killed.set()

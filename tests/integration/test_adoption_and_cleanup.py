@@ -175,6 +175,25 @@ def test_cancel_by_id_fails_when_an_execution_outlives_the_wait(emu, vendor, mon
     scenario_operator(vendor, "forever").hook.cancel(live)  # leave nothing running
 
 
+def test_cancel_by_id_killed_while_waiting_stops_at_once(emu, vendor, monkeypatch):
+    """Airflow's SIGTERM handler only calls on_kill: the wait must end there, not at SIGKILL 5 s later."""
+    from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook
+
+    live = started_by_try_one(vendor, "forever", *fresh_task("k"))
+    monkeypatch.setattr(ExecutionHook, "cancel", lambda self, execution_id, **_: CancelOutcome.REQUESTED)  # ignored
+    task = CancelExecutionOperator(task_id="c", conn_id=f"{vendor}_emu", execution_ids=live, poll_interval=5.0,
+                                   termination_timeout=120)
+    thread, outcome = in_thread(task, make_context())
+    wait_for(lambda: emu.journal(action="status", execution_id=live), 30)  # it reads, then waits 4.5-5 s
+    task.on_kill()
+    thread.join(2)  # well before the next status read
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), ExecutionKilled) and live in str(outcome["error"])
+    assert len(emu.journal(action="status", execution_id=live)) == 1
+    monkeypatch.undo()
+    scenario_operator(vendor, "forever").hook.cancel(live)  # leave nothing running
+
+
 def test_an_earlier_trys_succeeded_execution_gives_its_result_without_a_new_start(emu, vendor):
     """K9: the worker died after the remote work was done: the retry returns that result, computes nothing."""
     task_id, store, ti1 = fresh_task("done")
