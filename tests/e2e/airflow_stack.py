@@ -659,7 +659,7 @@ class AirflowStack:
             return f"sqlite:///{self.home}/airflow.db?timeout=120"
         from .postgres import PostgresError, PostgresServer  # here: the leader runs this file as a script
 
-        self.home.chmod(0o755)  # the server may run as the postgres user: it must reach home/postgres
+        self.home.chmod(0o711)  # the server may run as the postgres user: it must pass through to home/postgres-N
         for attempt in range(3):
             self.postgres = PostgresServer(self.home / f"postgres-{attempt}", free_port())
             try:
