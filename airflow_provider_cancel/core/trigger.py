@@ -32,6 +32,12 @@ CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by defaul
 CANCEL_RETRY = RetryPolicy(max_attempts=10, initial_backoff=0.5, max_backoff=4.0, max_retry_after=5.0,
                            give_up_after=17.0)
 STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s a 3.0-3.2 triggerer waits between SIGINT and SIGTERM at shutdown
+# Airflow fails a deferred task whose trigger fires before the scheduler has processed the executor's "success" for
+# the worker that just deferred ("finished with state success, but the task instance's state attribute is
+# queued"): apache/airflow#66374 fixed it only while the resumed task is still scheduled; #72716 and #71580 are
+# open for queued and running (3.3.2). Seen here when a new try adopted an execution its predecessor's kill had
+# just cancelled. An event is therefore held until this long after the trigger started.
+EARLIEST_EVENT = 3.0
 
 
 OutcomeKind = Literal["terminal", "timeout", "error"]
@@ -127,14 +133,17 @@ class ExecutionTrigger(BaseTrigger):
         schedule = PollSchedule(self.poll_interval, self.max_poll_interval)
         name = f"{hook.vendor} execution {self.execution_id}"
         last_seen: str | None = None
+        not_before = time.monotonic() + EARLIEST_EVENT
         try:
             while True:
                 if self.deadline is not None and time.time() >= self.deadline:
                     result = await self._cancel("the task's execution_timeout passed") if self.cancel_on_kill else None
+                    await asyncio.sleep(not_before - time.monotonic())  # (returns at once when negative)
                     yield self._event("timeout", cancel_result=result, message=f"{name} passed its deadline")
                     return
                 event, seen = await self._poll(hook, name)
                 if event is not None:
+                    await asyncio.sleep(not_before - time.monotonic())
                     yield event
                     return  # at once: lingering after the event would be mistaken for a kill
                 if seen is not None and seen != last_seen:
