@@ -134,16 +134,18 @@ class ExecutionTrigger(BaseTrigger):
         name = f"{hook.vendor} execution {self.execution_id}"
         last_seen: str | None = None
         not_before = time.monotonic() + EARLIEST_EVENT
+        event: TriggerEvent | None
+        seen: str | None
         try:
             while True:
                 if self.deadline is not None and time.time() >= self.deadline:
                     result = await self._cancel("the task's execution_timeout passed") if self.cancel_on_kill else None
-                    await asyncio.sleep(not_before - time.monotonic())  # (returns at once when negative)
-                    yield self._event("timeout", cancel_result=result, message=f"{name} passed its deadline")
-                    return
-                event, seen = await self._poll(hook, name)
+                    seen = None
+                    event = self._event("timeout", cancel_result=result, message=f"{name} passed its deadline")
+                else:
+                    event, seen = await self._poll(hook, name)
                 if event is not None:
-                    await asyncio.sleep(not_before - time.monotonic())
+                    await asyncio.sleep(not_before - time.monotonic())  # EARLIEST_EVENT; at once when negative
                     yield event
                     return  # at once: lingering after the event would be mistaken for a kill
                 if seen is not None and seen != last_seen:
