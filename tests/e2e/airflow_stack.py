@@ -444,7 +444,7 @@ class AirflowStack:
     :param stop_grace: seconds between SIGTERM and SIGKILL in ``stop()``.
     :param keep_home: keep the temporary AIRFLOW_HOME after ``stop()`` (also kept if env
         ``AIRFLOW_STACK_KEEP_HOME=1``), e.g. to read the logs of a failed run.
-    :param database: ``"postgres"`` (a private server in AIRFLOW_HOME/postgres, ended with the stack) or
+    :param database: ``"postgres"`` (a private server in AIRFLOW_HOME/postgres-N, ended with the stack) or
         ``"sqlite"``; default: env ``AIRFLOW_STACK_DB``, else ``"postgres"``. On SQLite, Airflow 3.3's
         api-server froze for 30-120 s when ~16 tasks started at once, and tasks died at start.
     """
