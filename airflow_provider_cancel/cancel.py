@@ -36,14 +36,14 @@ def hook_for_connection(conn_id: str) -> ExecutionHook:
     """The vendor hook for a connection of one of this provider's types (dune, izieroma, bctrl, meibel, b3os)."""
     from airflow.sdk.module_loading import import_string
 
-    from airflow_provider_cancel.get_provider_info import _HOOKS
+    from airflow_provider_cancel.registry import BY_CONN_TYPE
 
     conn_type = BaseHook.get_connection(conn_id).conn_type
-    if conn_type not in _HOOKS:
+    if conn_type not in BY_CONN_TYPE:
         raise ProviderConfigError(
-            f"Connection {conn_id!r} has type {conn_type!r}; expected one of {', '.join(sorted(_HOOKS))}"
+            f"Connection {conn_id!r} has type {conn_type!r}; expected one of {', '.join(sorted(BY_CONN_TYPE))}"
         )
-    hook: ExecutionHook = import_string(_HOOKS[conn_type][1])(conn_id)
+    hook: ExecutionHook = import_string(BY_CONN_TYPE[conn_type].hook_path)(conn_id)
     return hook
 
 

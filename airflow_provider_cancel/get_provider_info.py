@@ -5,19 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_cancel.connections import CONNECTION_FORMS
-
-_HOOKS = {
-    "dune": ("Dune", "airflow_provider_cancel.vendors.dune.DuneHook"),
-    "izieroma": ("izieroma (ROMA API)", "airflow_provider_cancel.vendors.izieroma.IzieromaHook"),
-    "bctrl": ("bctrl", "airflow_provider_cancel.vendors.bctrl.BctrlHook"),
-    "meibel": ("Meibel", "airflow_provider_cancel.vendors.meibel.MeibelHook"),
-    "b3os": ("B3OS", "airflow_provider_cancel.vendors.b3os.B3osHook"),
-}
-_LINKS = [
-    "airflow_provider_cancel.vendors.dune.DuneQueryLink",
-    "airflow_provider_cancel.vendors.meibel.MeibelConsoleLink",
-    "airflow_provider_cancel.vendors.b3os.B3osWorkflowLink",
-]
+from airflow_provider_cancel.registry import VENDORS
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -27,8 +15,13 @@ def get_provider_info() -> dict[str, Any]:
         "description": "Start, wait for and fetch remote executions on Dune, izieroma (ROMA), bctrl, Meibel and "
         "B3OS, and cancel them whenever the Airflow task dies.",
         "connection-types": [
-            {"connection-type": conn_type, "hook-name": name, "hook-class-name": path, **CONNECTION_FORMS[conn_type]}
-            for conn_type, (name, path) in _HOOKS.items()
+            {
+                "connection-type": vendor.conn_type,
+                "hook-name": vendor.display_name,
+                "hook-class-name": vendor.hook_path,
+                **CONNECTION_FORMS[vendor.conn_type],
+            }
+            for vendor in VENDORS
         ],
-        "extra-links": list(_LINKS),
+        "extra-links": [path for vendor in VENDORS for path in vendor.link_paths],
     }

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cancel.emulator.testing import EmulatorClient, EmulatorProcess
+from airflow_provider_cancel.registry import CONN_TYPES
 
 from .airflow_stack import AirflowStack
 
 DAGS = Path(__file__).parent / "dags"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 E2E_KEY = "sk-E2E-SECRET-5d1c9b"
-VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
+VENDORS = CONN_TYPES
 
 
 @pytest.fixture(scope="session")

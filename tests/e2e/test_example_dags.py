@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cancel.emulator.testing import EmulatorProcess
+from airflow_provider_cancel.registry import CONN_TYPES
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "example_dags"
 KEY = "sk-EXAMPLES-SECRET-0b7e"
-VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
+VENDORS = CONN_TYPES
 DAG_IDS = sorted(
     {m for f in EXAMPLES.glob("*.py") for m in re.findall(r'dag_id="([a-z0-9_]+)"', f.read_text())}
 )

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_cancel.emulator.testing import EmulatorClient, EmulatorProcess
+from airflow_provider_cancel.registry import CONN_TYPES
 
 API_KEY = "sk-INTEGRATION-SECRET-7f3a"
-VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
+VENDORS = CONN_TYPES
 
 os.environ.setdefault("AIRFLOW_DISABLE_GREENBACK_PORTAL", "true")
 

@@ -16,6 +16,7 @@ from airflow_provider_cancel.core.hook import ExecutionHook
 from airflow_provider_cancel.core.http import ClientTimeouts, RetryPolicy
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.emulator.testing import EmulatorProcess
+from airflow_provider_cancel.registry import CONN_TYPES
 from airflow_provider_cancel.vendors.b3os import B3osHook, B3osRunWorkflowOperator
 from airflow_provider_cancel.vendors.bctrl import BctrlHook, BctrlInvokeOperator
 from airflow_provider_cancel.vendors.dune import DuneHook, DuneRunQueryOperator
@@ -23,7 +24,7 @@ from airflow_provider_cancel.vendors.izieroma import IzieromaHook, IzieromaRunOp
 from airflow_provider_cancel.vendors.meibel import MeibelHook, MeibelRunBatchOperator
 
 SOAK_KEY = "sk-SOAK-SECRET-31e9a0"
-VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
+VENDORS = CONN_TYPES
 IDEMPOTENT = frozenset({"izieroma", "bctrl", "b3os"})  # their creates carry a key, so an ambiguous one is retried
 # A short read timeout so `slow` faults (SLOW_DELAY) really pass it; back-offs short enough for a 2-minute soak.
 TIMEOUTS = ClientTimeouts(connect=2.0, read=1.0)

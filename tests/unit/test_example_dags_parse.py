@@ -10,9 +10,10 @@ from airflow.dag_processing.dagbag import DagBag
 
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
+from airflow_provider_cancel.registry import CONN_TYPES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
-VENDORS = ("dune", "izieroma", "bctrl", "meibel", "b3os")
+VENDORS = CONN_TYPES
 
 
 @pytest.fixture(scope="module")
