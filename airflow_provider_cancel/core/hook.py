@@ -7,10 +7,10 @@ goes through `ApiClient`, so retries, timeouts, errors and secrets are handled i
 from __future__ import annotations
 
 import asyncio
-import enum
+import dataclasses
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from airflow.sdk import BaseHook
@@ -25,16 +25,10 @@ from airflow_provider_cancel.core.http import (
     RetryPolicy,
     validate_base_url,
 )
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
+from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState, ExecutionStatus
 
 Model = TypeVar("Model", bound=BaseModel)
 MAX_ID_LENGTH = 200
-
-
-class CancelOutcome(str, enum.Enum):
-    REQUESTED = "requested"  # the vendor accepted the cancel (it may still be in progress)
-    ALREADY_FINISHED = "already_finished"  # nothing to cancel: the execution had ended
-    NOT_FOUND = "not_found"
 
 
 def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) -> Model:
@@ -100,6 +94,10 @@ class ExecutionHook(BaseHook):
         self._client: ApiClient | None = None
         self._async_client: ApiClient | None = None
         self._trusted_ids: set[str] = set()
+        # Set by the operator while it starts an execution: it owns (and records) an execution the moment its id
+        # is known, before the rest of the answer is read, and records an id the client chose before sending.
+        self.on_planned: Callable[[str], None] | None = None
+        self.on_started: Callable[[str], None] | None = None
 
     # -- connection -> client --------------------------------------------------------------------------
     @property
@@ -203,6 +201,25 @@ class ExecutionHook(BaseHook):
         self._trusted_ids.add(execution_id)
         return execution_id
 
+    def planned(self, execution_id: str) -> str:
+        """An id the client chose (B3OS ``runId``), about to be sent in a create: recorded before the request."""
+        execution_id = self.trust(execution_id)
+        if self.on_planned is not None:
+            self.on_planned(execution_id)
+        return execution_id
+
+    def started(self, execution_id: object) -> str:
+        """The id a create answered with: call it as soon as the id is read, before anything else can fail."""
+        execution_id = self.trust(execution_id)
+        if self.on_started is not None:
+            self.on_started(execution_id)
+        return execution_id
+
+    def close(self) -> None:
+        """Close this hook's sync connections (the async session is shared per event loop and closed with it)."""
+        if self._client is not None:
+            self._client.close()
+
     def validate_execution_id(self, value: object) -> str:
         """Reject ids that are not the vendor's, before any request (no `/`, `..`, spaces, huge strings).
         Ids the vendor returned to this hook (`trust`) are accepted as they are."""
@@ -224,12 +241,14 @@ class ExecutionHook(BaseHook):
 
     def get_status(self, execution_id: str) -> ExecutionStatus:
         call = self.status_call(self.validate_execution_id(execution_id))
-        return self.parse_status(execution_id, self.client.request(call), call)
+        status = self.parse_status(execution_id, self.client.request(call), call)
+        return dataclasses.replace(status, rate_limit=self.client.rate_limit)
 
     async def aget_status(self, execution_id: str) -> ExecutionStatus:
         call = self.status_call(self.validate_execution_id(execution_id))
         client = await self.aclient()
-        return self.parse_status(execution_id, await client.arequest(call), call)
+        status = self.parse_status(execution_id, await client.arequest(call), call)
+        return dataclasses.replace(status, rate_limit=client.rate_limit)
 
     def cancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
         call = self.cancel_call(self.validate_execution_id(execution_id))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from airflow_provider_cancel.core.http import RateLimit
 
 
 class ExecutionState(str, enum.Enum):
@@ -22,6 +25,19 @@ class ExecutionState(str, enum.Enum):
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATES
+
+
+class CancelOutcome(str, enum.Enum):
+    """What one cancel attempt (with its retries) achieved."""
+
+    REQUESTED = "requested"  # the vendor accepted the cancel (it may still be in progress)
+    ALREADY_FINISHED = "already_finished"  # nothing to cancel: the execution had ended
+    NOT_FOUND = "not_found"
+    FAILED = "failed"  # every attempt failed: the execution may still run
+
+    @property
+    def settled(self) -> bool:
+        return self is not CancelOutcome.FAILED
 
 
 TERMINAL_STATES = frozenset({ExecutionState.SUCCEEDED, ExecutionState.FAILED, ExecutionState.CANCELLED})
@@ -49,6 +65,8 @@ class ExecutionStatus:
     error: str | None = None
     # The raw, parsed status payload, for result extraction by the same adapter.
     payload: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What the vendor's answer said about the API key's remaining budget, for the next read's timing.
+    rate_limit: RateLimit | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         text = f"{self.state.value} ({self.vendor_status})"

@@ -293,6 +293,8 @@ class B3osHook(ExecutionHook):
                            run_id, workflow_id=None)
 
     def _start(self, call: ApiCall, run_id: str | None, *, workflow_id: str | None) -> str:
+        if run_id is not None:
+            self.planned(run_id)  # recorded before the create is sent: its answer may never arrive
         try:
             data = self.call_api(call)
         except ExecutionApiError as err:
@@ -303,7 +305,7 @@ class B3osHook(ExecutionHook):
         if run_id is not None and started.runId != run_id:
             self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started.runId, run_id,
                              started.runId)
-        return self.trust(started.runId)
+        return self.started(started.runId)
 
     def _adopt(self, run_id: str, workflow_id: str | None, duplicate: ExecutionApiError) -> str:
         """Our run id is taken: an earlier attempt of this very create made the run (its answer was lost).
@@ -326,7 +328,7 @@ class B3osHook(ExecutionHook):
             )
         self.log.info("B3OS run %s already exists (%s): an earlier attempt of this create made it; using it",
                       run_id, run.status)
-        return self.trust(run.id)
+        return self.started(run.id)
 
     # -- read ------------------------------------------------------------------------------------------
     def run_call(self, run_id: str, *, summary: bool, node_ids: Sequence[str] | None = None) -> ApiCall:

@@ -398,7 +398,7 @@ class BctrlHook(ExecutionHook):
         call = ApiCall("POST", path, "create", json=dict(body), headers=headers,
                        retry_safe=idempotency_key is not None)
         invocation = parse_model(Invocation, _unwrap(self.client.request(call)), vendor=self.vendor, call=call)
-        invocation_id = self.trust(invocation.id)
+        invocation_id = self.started(invocation.id)
         self._runtime_ids[invocation_id] = invocation.runtimeId or runtime_id
         return invocation_id
 

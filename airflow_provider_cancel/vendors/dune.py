@@ -97,7 +97,7 @@ class DuneHook(ExecutionHook):
 
     def _started(self, call: ApiCall) -> str:
         started = parse_model(DuneStarted, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(started.execution_id)
+        return self.started(started.execution_id)
 
     # -- adapter ---------------------------------------------------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:

@@ -318,7 +318,7 @@ class IzieromaHook(ExecutionHook):
         call = ApiCall("POST", EXECUTIONS, "create", json=dict(body), headers=headers,
                        retry_safe=idempotency_key is not None)
         started = parse_model(RomaStarted, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(started.execution_id)
+        return self.started(started.execution_id)
 
     # -- adapter ---------------------------------------------------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:

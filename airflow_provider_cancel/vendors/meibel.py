@@ -245,14 +245,14 @@ class MeibelHook(ExecutionHook):
         path = Paths.EXECUTE_DEFINITION.format(definition_id=quote_path_id(definition_id))
         call = ApiCall("POST", path, "create", retry_safe=False)
         started = parse_model(ExecuteBatchDefinitionResponse, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(started.execution_id)
+        return self.started(started.execution_id)
 
     def create_batch_execution(self, batch_spec: Mapping[str, Any]) -> str:
         """The legacy create: run `batch_spec` (a LegacyBatchSpecJson); returns the new execution's id."""
         body = {"batch_spec_json": batch_spec_body(batch_spec, where="MeibelHook.create_batch_execution")}
         call = ApiCall("POST", Paths.EXECUTIONS, "create", json=body, retry_safe=False)
         created = parse_model(BatchExecution, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(created.id)
+        return self.started(created.id)
 
     # -- adapter ---------------------------------------------------------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:
