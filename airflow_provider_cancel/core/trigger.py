@@ -158,9 +158,9 @@ class ExecutionTrigger(BaseTrigger):
             event = await self._wait()
         except asyncio.CancelledError:
             # Airflow < 3.3 never calls on_kill: tell a user kill from a triggerer shutdown by the task state.
-            if self.cancels and not _airflow_has_trigger_on_kill():
-                if await self._task_state() not in (None, "deferred"):
-                    await self._cancel("the deferred task was killed (legacy path)")
+            legacy = self.cancels and not _airflow_has_trigger_on_kill()
+            if legacy and await self._task_state() not in (None, "deferred"):
+                await self._cancel("the deferred task was killed (legacy path)")
             raise  # never swallow: Airflow 3.3 calls on_kill only after this propagates
         except Exception:
             # A crash (say the hook class cannot be imported here) resumes the task with "__fail__" on a worker,
