@@ -116,6 +116,10 @@ class ExecutionOperator(BaseOperator):
         (its worker died, or the task was cleared): ``"reattach"`` (default) waits for a live one and uses
         the result of one that already succeeded (no duplicate work, no lost result); ``"cancel"`` cancels
         it and starts afresh. Either way, never two live executions.
+    :param cancel_orphans: let the orphan sweep (run by the schedulers) cancel the execution when this task
+        dies in a way that runs no code of this provider (its worker lost with no retry left, a deferred task
+        killed before its trigger started, every cancel attempt failed) (default True; it follows
+        ``cancel_on_kill``: with that False nothing cancels the execution).
 
     Airflow's own ``execution_timeout`` is the deadline of the remote execution too: when it passes the
     execution is cancelled, running or deferred. The execution id is pushed to XCom under
@@ -142,6 +146,7 @@ class ExecutionOperator(BaseOperator):
         max_poll_interval: float = 30.0,
         cancel_on_kill: bool = True,
         on_existing: OnExisting = "reattach",
+        cancel_orphans: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -149,6 +154,7 @@ class ExecutionOperator(BaseOperator):
             conn_id=(conn_id, (str, type(None))), deferrable=(deferrable, (bool, type(None))),
             wait_for_completion=(wait_for_completion, (bool,)), cancel_on_kill=(cancel_on_kill, (bool,)),
             poll_interval=(poll_interval, (int, float)), max_poll_interval=(max_poll_interval, (int, float)),
+            cancel_orphans=(cancel_orphans, (bool,)),
         )
         if on_existing not in ("reattach", "cancel"):
             raise ProviderConfigError(
@@ -166,6 +172,7 @@ class ExecutionOperator(BaseOperator):
         self.max_poll_interval = max_poll_interval
         self.cancel_on_kill = cancel_on_kill
         self.on_existing = on_existing
+        self.cancel_orphans = cancel_orphans
         # Runtime state; on_kill may run in a signal handler and reads only the guard and the kill flag.
         self._hook: ExecutionHook | None = None
         self._guard = CancelGuard(cancel_on_kill=cancel_on_kill)
@@ -412,7 +419,7 @@ class ExecutionOperator(BaseOperator):
             try_number=try_number if try_number is not None else ti.try_number,
             conn_id=self.conn_id,
             hook=f"{self.hook_class.__module__}.{self.hook_class.__qualname__}",
-            cancel_if_orphaned=self.cancel_on_kill and self.wait_for_completion,
+            cancel_if_orphaned=self.cancel_on_kill and self.cancel_orphans and self.wait_for_completion,
         ))
         self.log.info("%s execution %s %s", hook.vendor, execution_id,
                       verb or ("adopted" if self._adopted else "started"))

@@ -225,3 +225,29 @@ class CancelGuard:
             self.state = CancelState.REQUESTED
         elif outcome is CancelOutcome.FAILED and self.state is CancelState.LIVE:
             self.state = CancelState.FAILED
+
+
+# -- orphans -------------------------------------------------------------------------------------------------
+# Task instance states after which no try of it runs any more (until someone clears it).
+FINISHED_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
+class OrphanAction(str, enum.Enum):
+    """What the orphan sweep does with a recorded execution."""
+
+    LEAVE = "leave"  # a live try may own it, or it is not ours to cancel: leave it (and its record) alone
+    FORGET = "forget"  # it has ended, or the vendor does not know it: nothing to cancel, drop the record
+    CANCEL = "cancel"  # no live try owns it and it still runs: cancel it
+
+
+def decide_orphan(record: ExecutionRecord, ti_state: str | None, state: ExecutionState | None) -> OrphanAction:
+    """The one rule for executions whose task died without any provider code running: `ti_state` is the task
+    instance's state now (after the sweep's grace period), `state` the execution's (None: unknown to the vendor).
+
+    A task instance that is not finished (queued, running, deferred, up for retry, restarting after a clear) has
+    a live or coming try that owns or adopts the execution: never touched. A finished one owns nothing any more."""
+    if ti_state not in FINISHED_TI_STATES or not record.cancel_if_orphaned:
+        return OrphanAction.LEAVE
+    if state is None or state.is_terminal or state is ExecutionState.CANCELLING:
+        return OrphanAction.FORGET
+    return OrphanAction.CANCEL
