@@ -13,8 +13,10 @@ from airflow_provider_cancel.core.ownership import (
     ExecutionRecord,
     Existing,
     Finish,
+    OrphanAction,
     decide_existing,
     decide_finished,
+    decide_orphan,
 )
 from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState
 
@@ -165,3 +167,30 @@ def test_record_round_trip_and_tolerance():
     )
     assert ExecutionRecord.from_value({"nope": 1}) is None
     assert ExecutionRecord.from_value(None) is None
+
+
+@pytest.mark.parametrize(
+    ("ti_state", "state", "expected"),
+    [
+        ("failed", S.RUNNING, "cancel"),
+        ("success", S.QUEUED, "cancel"),  # marked success: the owner's cancel did not land
+        ("skipped", S.UNKNOWN, "cancel"),  # an unknown word is not an end
+        ("failed", S.CANCELLING, "forget"),  # someone's cancel is under way
+        ("failed", S.CANCELLED, "forget"),
+        ("failed", S.SUCCEEDED, "forget"),
+        ("failed", None, "forget"),  # unknown to the vendor
+        ("running", S.RUNNING, "leave"),
+        ("deferred", S.RUNNING, "leave"),  # a trigger (maybe on another triggerer) polls it
+        ("up_for_retry", S.RUNNING, "leave"),  # the retry adopts it
+        ("restarting", S.RUNNING, "leave"),  # cleared: the new try adopts it
+        ("queued", S.RUNNING, "leave"),
+        (None, S.RUNNING, "leave"),
+    ],
+)
+def test_decide_orphan(ti_state, state, expected):
+    assert decide_orphan(ExecutionRecord("e"), ti_state, state).value == expected
+
+
+def test_decide_orphan_leaves_what_the_user_kept():
+    kept = ExecutionRecord("e", cancel_if_orphaned=False)
+    assert decide_orphan(kept, "failed", S.RUNNING) is OrphanAction.LEAVE
