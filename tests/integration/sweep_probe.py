@@ -32,7 +32,8 @@ def main() -> None:
     from airflow_provider_cancel.registry import BY_CONN_TYPE
 
     now = datetime.now(timezone.utc)
-    oldest, long_ago, just_now = now - timedelta(seconds=2000), now - timedelta(seconds=1000), now - timedelta(seconds=5)
+    oldest, long_ago = now - timedelta(seconds=2000), now - timedelta(seconds=1000)
+    just_now = now - timedelta(seconds=5)
     cases = {  # case -> (task instance state, when it finished, cancel_if_orphaned)
         "failed_orphan": ("failed", long_ago, True),
         "marked_success": ("success", long_ago, True),
@@ -47,8 +48,9 @@ def main() -> None:
     with create_session() as session:
         for vendor in vendors:
             run_id = f"manual__{vendor}"
-            session.execute(insert(DagRun.__table__).values(dag_id="d", run_id=run_id, run_type="manual", run_after=now, data_interval_end=None, logical_date=None,
-                                                            state="running"))
+            session.execute(insert(DagRun.__table__).values(
+                dag_id="d", run_id=run_id, run_type="manual", run_after=now, data_interval_end=None,
+                logical_date=None, state="running"))
             dag_run_id = session.scalar(select(DagRun.id).where(DagRun.run_id == run_id))
             for case, (state, ended, cancel) in cases.items():
                 session.execute(insert(TaskInstance.__table__).values(
