@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout, TaskDeferred
@@ -56,6 +56,7 @@ STOP_WAIT = 120.0  # how long a new try waits for an earlier try's cancelled exe
 PROGRESS_HEARTBEAT = 300.0  # log "still running" at least this often even when nothing changes
 
 OnExisting = Literal["reattach", "cancel"]
+HookT = TypeVar("HookT", bound=ExecutionHook)
 
 
 def _default_deferrable() -> bool:
@@ -102,7 +103,7 @@ class ProgressLog:
         return text
 
 
-class ExecutionOperator(BaseOperator):
+class ExecutionOperator(BaseOperator, Generic[HookT]):
     """Start one remote execution, wait for it, return its result; cancel it whenever the task dies.
 
     :param conn_id: the Airflow connection of the vendor API (templated; default: ``<vendor>_default``).
@@ -127,13 +128,19 @@ class ExecutionOperator(BaseOperator):
     has started.
     """
 
-    hook_class: ClassVar[type[ExecutionHook]]
+    # Set by every concrete operator (`class DuneRunQueryOperator(ExecutionOperator[DuneHook])`). Not a ClassVar:
+    # a ClassVar may not hold a type variable.
+    hook_class: type[HookT]
     defer_backstop: ClassVar[timedelta] = DEFER_BACKSTOP
     template_fields: Sequence[str] = ("conn_id",)
     ui_color = "#f4e6ff"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        """A concrete operator without a `hook_class` fails here, at import, not at its first run.
+        ``class MyBase(ExecutionOperator[H], abstract=True)`` declares an intermediate base."""
         super().__init_subclass__(**kwargs)
+        if not abstract and not isinstance(getattr(cls, "hook_class", None), type):
+            raise TypeError(f"{cls.__qualname__} must set hook_class to its vendor's ExecutionHook subclass")
         inherit_params(cls, ExecutionOperator, "Arguments of every operator of this provider:")
 
     def __init__(
@@ -172,7 +179,7 @@ class ExecutionOperator(BaseOperator):
         self.on_existing = on_existing
         # Runtime state, reset per execution; on_kill may run in a signal handler and reads only these.
         self.execution_id: str | None = None
-        self._hook: ExecutionHook | None = None
+        self._hook: HookT | None = None
         self._ended = False
         self._cancel_sent = False
         self._killed = False
@@ -185,15 +192,16 @@ class ExecutionOperator(BaseOperator):
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
                 raise ProviderConfigError(f"{self.task_id}: {name} must be {_type_names(expected)}, got {value!r}")
 
-    # -- vendor adapter: override ----------------------------------------------------------------------
-    def validate_request(self) -> None:
-        """Check rendered arguments before any request; raise ProviderConfigError naming the field."""
-
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
+    # -- vendor adapter: required override ------------------------------------------------------------
+    def start_execution(self, hook: HookT, context: Context) -> str:
         """Start the remote execution and return its id. Use `self.idempotency_key(context)` if the vendor can."""
         raise NotImplementedError
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    # -- vendor adapter: optional overrides ------------------------------------------------------------
+    def validate_request(self) -> None:
+        """Check rendered arguments before any request; raise ProviderConfigError naming the field."""
+
+    def fetch_result(self, hook: HookT, status: ExecutionStatus) -> Any:
         """The task's return value (XCom) for a succeeded execution."""
         return None
 
@@ -203,7 +211,7 @@ class ExecutionOperator(BaseOperator):
 
     # -- helpers for adapters --------------------------------------------------------------------------
     @property
-    def hook(self) -> ExecutionHook:
+    def hook(self) -> HookT:
         if self._hook is None:
             self._hook = self.hook_class(self.conn_id)
         return self._hook
@@ -230,7 +238,7 @@ class ExecutionOperator(BaseOperator):
             return self.execution_id
         return self._guarded(context, lambda: self._wait(hook, context, status))
 
-    def _wait(self, hook: ExecutionHook, context: Context, status: ExecutionStatus | None) -> Any:
+    def _wait(self, hook: HookT, context: Context, status: ExecutionStatus | None) -> Any:
         assert self.execution_id is not None
         if self.deferrable:
             status = status or hook.get_status(self.execution_id)
@@ -265,7 +273,7 @@ class ExecutionOperator(BaseOperator):
             status = None
             self._sleep(delay)
 
-    def _finish(self, hook: ExecutionHook, context: Context, status: ExecutionStatus) -> Any:
+    def _finish(self, hook: HookT, context: Context, status: ExecutionStatus) -> Any:
         self._ended = True
         name = f"{hook.vendor} execution {status.execution_id}"
         if status.state is ExecutionState.SUCCEEDED:

@@ -408,7 +408,7 @@ class B3osWorkflowLink(ExecutionLink):
     name = "B3OS workflow"
 
 
-class B3osRunWorkflowOperator(ExecutionOperator):
+class B3osRunWorkflowOperator(ExecutionOperator[B3osHook]):
     """Run a B3OS workflow (a saved workflow by id, or an inline definition), wait for it, return its outputs.
 
     :param workflow_id: a saved workflow's id, ``wf_...`` (templated). Give this or ``definition``.
@@ -553,8 +553,7 @@ class B3osRunWorkflowOperator(ExecutionOperator):
     def link_info(self) -> Mapping[str, Any]:
         return {"workflow_id": self.workflow_id} if self.workflow_id is not None else {}
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, B3osHook)
+    def start_execution(self, hook: B3osHook, context: Context) -> str:
         run_id = idempotent_run_id(self.idempotency_key(context))
         payload = self._optional_mapping("payload")
         if self.workflow_id is not None:
@@ -565,8 +564,7 @@ class B3osRunWorkflowOperator(ExecutionOperator):
         return hook.run_definition(self._as_mapping(self.definition, "definition"), payload=payload,
                                    prop_values=self._optional_mapping("prop_values"), run_id=run_id)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
-        assert isinstance(hook, B3osHook)
+    def fetch_result(self, hook: B3osHook, status: ExecutionStatus) -> Any:
         node_ids = self._node_ids()
         run = hook.get_run(status.execution_id, summary=False, node_ids=node_ids)
         nodes = run.executionState or {}

@@ -456,7 +456,7 @@ def invocation_result(payload: Mapping[str, Any]) -> Any:
 
 
 # -- operator and sensor ---------------------------------------------------------------------------------------
-class BctrlInvokeOperator(ExecutionOperator):
+class BctrlInvokeOperator(ExecutionOperator[BctrlHook]):
     """Invoke steps on a bctrl runtime, wait for the invocation, and return its result.
 
     :param space_id: the space's UUID (templated).
@@ -520,14 +520,13 @@ class BctrlInvokeOperator(ExecutionOperator):
         self.steps = self._checked(lambda: check_steps(self.steps))
         self.metadata = self._checked(lambda: check_metadata(self.metadata))
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, BctrlHook)
+    def start_execution(self, hook: BctrlHook, context: Context) -> str:
         return hook.create_invocation(
             self.space_id, self.runtime_id, self.steps, mode=self.mode, metadata=self.metadata,
             idempotency_key=self.idempotency_key(context),
         )
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    def fetch_result(self, hook: BctrlHook, status: ExecutionStatus) -> Any:
         result = invocation_result(status.payload)
         steps = result.get("steps") if isinstance(result, Mapping) else None
         if isinstance(steps, list):

@@ -180,7 +180,7 @@ class DuneQueryLink(ExecutionLink):
     name = "Dune query"
 
 
-class DuneRunQueryOperator(ExecutionOperator):
+class DuneRunQueryOperator(ExecutionOperator[DuneHook]):
     """Run a Dune query (a saved query by id, or raw SQL), wait for it, and return its rows.
 
     :param query_id: a saved query's id (templated). Give this or ``sql``.
@@ -257,15 +257,13 @@ class DuneRunQueryOperator(ExecutionOperator):
     def link_info(self) -> Mapping[str, Any]:
         return {"query_id": self.query_id if self.sql is None else None}
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, DuneHook)
+    def start_execution(self, hook: DuneHook, context: Context) -> str:
         if self.sql is not None:
             return hook.execute_sql(self.sql, performance=self.performance)
         return hook.execute_query(self._query_id_number(), parameters=self.query_parameters,
                                   performance=self.performance)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
-        assert isinstance(hook, DuneHook)
+    def fetch_result(self, hook: DuneHook, status: ExecutionStatus) -> Any:
         partial = status.vendor_status.upper().endswith("COMPLETED_PARTIAL")
         if partial and not self.allow_partial_results:
             from airflow_provider_cancel.core.errors import ExecutionFailed

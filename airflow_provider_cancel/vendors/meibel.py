@@ -325,7 +325,7 @@ class MeibelConsoleLink(ExecutionLink):
     name = "Meibel console"
 
 
-class MeibelRunBatchOperator(ExecutionOperator):
+class MeibelRunBatchOperator(ExecutionOperator[MeibelHook]):
     """Run a Meibel batch execution (a saved batch definition, or a legacy batch spec), wait, return a summary.
 
     :param batch_definition_id: the saved batch definition to execute (templated). Give this or ``batch_spec``.
@@ -379,14 +379,13 @@ class MeibelRunBatchOperator(ExecutionOperator):
         else:
             batch_spec_body(self.batch_spec, where=self.task_id)
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, MeibelHook)
+    def start_execution(self, hook: MeibelHook, context: Context) -> str:
         if self.batch_definition_id is not None:
             return hook.execute_batch_definition(self.batch_definition_id)
         assert isinstance(self.batch_spec, Mapping)
         return hook.create_batch_execution(self.batch_spec)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    def fetch_result(self, hook: MeibelHook, status: ExecutionStatus) -> Any:
         summary = result_summary(status, max_items=self.max_items)
         if summary["failed"]:
             if self.fail_on_item_errors:
