@@ -1,4 +1,4 @@
-"""bctrl.ai durable invocations (CONTRACTS.md section 3, generation 1), served under ``/bctrl``.
+"""bctrl.ai durable invocations (docs/bctrl.md), served under ``/bctrl``.
 
 A client's base URL is ``http://<host>:<port>/bctrl`` and the real paths follow:
 

@@ -1,6 +1,6 @@
 """B3OS: a workflow run (a saved workflow by id, or an inline definition) and its nodes' outputs.
 
-API facts (CONTRACTS.md §5): `Authorization: Bearer <key>`, plus `X-Org-ID` from the connection extra `org_id`
+API facts (docs/b3os.md): `Authorization: Bearer <key>`, plus `X-Org-ID` from the connection extra `org_id`
 where an endpoint needs an organisation context. Every answer is the envelope {code, data, message, requestId}:
 `unwrap` opens it, once, for every call (an error envelope becomes ExecutionApiError with its code and request
 id). Run states: running, waiting (paused on a wait node, e.g. a human approval: may last long, not terminal),

@@ -1,6 +1,6 @@
 """bctrl.ai: a durable invocation of steps (browser.goto, browser.click, ...) on a browser/desktop runtime.
 
-API facts (CONTRACTS.md §3): `Authorization: Bearer <key>`, optional `BCTRL-Subaccount-Id`; ids are UUIDs;
+API facts (docs/bctrl.md): `Authorization: Bearer <key>`, optional `BCTRL-Subaccount-Id`; ids are UUIDs;
 statuses queued, dispatching, running, cancelling, succeeded, failed, cancelled, timed_out. Cancel is
 asynchronous: it answers `cancelling` (with `cancelRequestedAt`) and a later read says `cancelled`, so
 `cancelling` is not terminal. The create carries an idempotency key (body `idempotencyKey` and header

@@ -1,6 +1,6 @@
 """izieroma: the hosted ROMA API (Iziedking's free community backend of Sentient's multi-agent ROMA).
 
-One execution is a multi-agent run on a text `goal`. API facts (CONTRACTS.md section 1): `X-API-Key`;
+One execution is a multi-agent run on a text `goal`. API facts (docs/izieroma.md): `X-API-Key`;
 statuses pending/running/completed/failed/cancelled; `X-Idempotency-Key` on create (same key within 24 h
 returns the original response), so a create that timed out is retried safely; the result string is on
 `/status` once completed. No dashboard, hence no extra link.

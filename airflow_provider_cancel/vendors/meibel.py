@@ -1,6 +1,6 @@
 """Meibel AI: a batch execution (an agent run over every data element of a datasource), Temporal-backed.
 
-API facts (CONTRACTS.md §4): `Meibel-API-Key`; base https://api.meibel.ai/v2. Two ways to start: execute a
+API facts (docs/meibel.md): `Meibel-API-Key`; base https://api.meibel.ai/v2. Two ways to start: execute a
 saved batch definition (no body) or the legacy create with a `batch_spec_json`. No idempotency mechanism is
 documented, so a create is never retried after an ambiguous failure. The status words are NOT documented:
 the known ones are mapped below, a set `end_time` is a second "it has ended" signal, and an unknown word is

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
@@ -17,6 +19,7 @@ from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.dune import DuneExecutionSensor, DuneHook, DuneRunQueryOperator
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
+from .test_bad_input import Server
 
 CONN = "dune_emu"
 
@@ -56,6 +59,39 @@ def test_results_page_through_and_respect_max_rows(emu):
     assert len(emu.journal(action="result", execution_id=eid)) >= 3  # 1000 + 1000 + 500
     capped = hook.get_results(eid, max_rows=150)
     assert capped["row_count"] == 150 and capped["truncated"] and capped["total_row_count"] == 2500
+
+
+def test_results_follow_next_uri_as_the_sdk_does_and_ask_only_for_the_rows_still_wanted(emu):
+    hook = DuneHook(CONN)
+    eid = hook.execute_sql("SELECT 1 -- emulate:succeed:0,rows=2500")
+    wait_for(lambda: hook.get_status(eid).state.is_terminal, timeout=10)
+    assert hook.get_results(eid, max_rows=1500)["row_count"] == 1500
+    # The first page, then Dune's own next_uri, its limit cut to the 500 rows still wanted.
+    assert [e["query"] for e in emu.journal(action="result", execution_id=eid)] == [
+        "limit=1000&offset=0", "offset=1000&limit=500",
+    ]
+
+
+def test_a_next_uri_outside_the_connection_is_not_followed_and_the_key_stays_home(monkeypatch):
+    home, elsewhere = Server(), Server()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_DUNE_HOME", json.dumps({"conn_type": "dune", "host": home.url,
+                                                                  "password": API_KEY}))
+        eid = DuneHook.execution_id_example
+        home.body = json.dumps({
+            "execution_id": eid, "state": "QUERY_STATE_COMPLETED", "next_offset": 2,
+            "next_uri": f"{elsewhere.url}/api/v1/execution/{eid}/results?offset=2&limit=2",
+            "result": {"rows": [{"n": 0}, {"n": 1}], "metadata": {"total_row_count": 4}},
+        }).encode()
+        hook = DuneHook("dune_home")
+        hook.trust(eid)
+        result = hook.get_results(eid, max_rows=None)
+        assert elsewhere.requests == []  # never followed, so the key never went there
+        assert [path.split("?")[1] for path, _ in home.requests] == ["limit=1000&offset=0", "limit=1000&offset=2"]
+        assert result["row_count"] == 4  # page two came from the connection's own host, by next_offset
+    finally:
+        home.close()
+        elsewhere.close()
 
 
 def test_remote_failure_raises_with_the_vendor_error_and_no_cancel(emu):
