@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import requests
+from bctrl import Bctrl
+from bctrl import errors as bctrl_errors
 from dune_client.client import DuneClient
 from dune_client.models import ExecutionState, ExecutionStatusResponse, QueryFailedError, ResultsResponse
 from dune_client.query import QueryBase
@@ -28,7 +30,8 @@ from meibel.models import (
     LegacyBatchSpecJson,
 )
 
-from airflow_provider_cancel.emulator.testing import EmulatorClient, EmulatorProcess, wait_for
+from airflow_provider_cancel.emulator.bctrl import MISSING_ID
+from airflow_provider_cancel.emulator.testing import RUNTIME_ID, EmulatorClient, EmulatorProcess, wait_for
 from tests.emulator.helpers import KEY
 
 
@@ -225,3 +228,63 @@ def test_meibel_rate_limit_is_the_sdks_rate_limit_error(meibel: MeibelClient, co
     with pytest.raises(meibel_errors.RateLimitError) as limited:
         meibel.batches.executions.list()
     assert limited.value.status_code == 429
+
+
+# -- bctrl: the bctrl SDK 0.1.0 (API generation 2, runtime-scoped invocations) --------------------------------------
+@pytest.fixture
+def bctrl(emulator: EmulatorProcess, control: EmulatorClient) -> Bctrl:
+    return Bctrl(api_key=KEY, base_url=emulator.base_url("bctrl"), timeout=10, max_retries=0)
+
+
+def test_bctrl_sdk_invokes_an_action_and_waits_for_it(bctrl: Bctrl, control: EmulatorClient) -> None:
+    done = bctrl.runtimes.invocations.create_and_wait(
+        RUNTIME_ID, action="extract", instruction="Extract the order total.", metadata={"emulate": "succeed:1"},
+        idempotency_key="sdk-key-1", poll_timeout_ms=5000,
+    )
+    assert (done["waitStatus"], done["status"], done["action"]) == ("completed", "succeeded", "extract")
+    assert done["output"]["instruction"] == "Extract the order total." and done["runtimeId"] == RUNTIME_ID
+    (create,) = control.journal(vendor="bctrl", action="create")
+    assert create["path"] == f"/bctrl/v1/runtimes/{RUNTIME_ID}/invocations" and create["status_code"] == 202
+    assert control.execution(done["id"])["idempotency_key"] == "sdk-key-1"  # sent as the Idempotency-Key header
+    again = bctrl.runtimes.invocations.create(RUNTIME_ID, action="extract", instruction="Extract the order total.",
+                                              metadata={"emulate": "succeed:1"}, idempotency_key="sdk-key-1")
+    assert again["id"] == done["id"]  # replayed, not started twice
+
+
+def test_bctrl_sdk_cancels_without_a_body_and_a_second_cancel_conflicts(bctrl: Bctrl,
+                                                                        control: EmulatorClient) -> None:
+    live = bctrl.runtimes.invocations.stagehand.act(RUNTIME_ID, "Click buy", metadata={"emulate": "forever"})
+    assert live["status"] == "queued" and live["action"] == "act"
+    cancelling = bctrl.runtimes.invocations.cancel(RUNTIME_ID, live["id"])
+    assert cancelling["status"] == "cancelling"
+    assert [e["body_bytes"] for e in control.cancels(live["id"])] == [0]
+    waited = bctrl.runtimes.invocations.wait(RUNTIME_ID, live["id"], timeoutMs=1000)
+    assert waited["status"] == "cancelled" and waited["error"]["code"] == "invocation.cancelled"
+    with pytest.raises(bctrl_errors.BctrlConflictError) as again:
+        bctrl.runtimes.invocations.cancel(RUNTIME_ID, live["id"])
+    assert again.value.code == "invocation.not_cancellable" and again.value.request_id
+
+
+def test_bctrl_sdk_pages_a_runs_invocations_by_cursor_and_reads_one(bctrl: Bctrl) -> None:
+    made = [bctrl.runtimes.invocations.stagehand.observe(RUNTIME_ID, f"Find button {n}",
+                                                         metadata={"emulate": "succeed:0"})["id"] for n in range(5)]
+    first = bctrl.runtimes.invocations.wait(RUNTIME_ID, made[0], timeoutMs=1000)
+    run_id = first["runId"]
+    page = bctrl.runs.invocations.list(run_id, limit=2)
+    assert len(page["data"]) == 2 and page["nextCursor"]
+    listed = [item["id"] for item in bctrl.runs.invocations.iter(run_id, limit=2)]  # follows nextCursor
+    assert listed == made and all(item["action"] == "observe" for item in page["data"])
+    assert bctrl.runs.invocations.get(run_id, made[-1])["id"] == made[-1]
+
+
+def test_bctrl_sdk_errors_carry_bctrls_codes(emulator: EmulatorProcess, bctrl: Bctrl) -> None:
+    with pytest.raises(bctrl_errors.BctrlNotFoundError) as missing:
+        bctrl.runtimes.invocations.create(MISSING_ID, action="act", instruction="x")
+    assert missing.value.code == "runtime.not_found"
+    with pytest.raises(bctrl_errors.BctrlValidationError) as invalid:
+        bctrl.runtimes.invocations.create(RUNTIME_ID, action="observe")  # observe needs an instruction
+    assert invalid.value.code == "request.invalid" and invalid.value.body["details"] == {"path": "instruction"}
+    wrong = Bctrl(api_key="sk-wrong", base_url=emulator.base_url("bctrl"), timeout=10, max_retries=0)
+    with pytest.raises(bctrl_errors.BctrlAuthenticationError) as refused:
+        wrong.runtimes.invocations.create(RUNTIME_ID, action="act", instruction="x")
+    assert refused.value.code == "auth.required"

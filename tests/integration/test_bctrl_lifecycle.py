@@ -24,7 +24,6 @@ from airflow_provider_cancel.core.state import ExecutionState
 from airflow_provider_cancel.emulator.bctrl import BUSY_RUNTIME_ID, FORBIDDEN_SUBACCOUNT, MISSING_ID
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.bctrl import (
-    GENERATION_2,
     BctrlHook,
     BctrlInvocationSensor,
     BctrlInvokeOperator,
@@ -342,18 +341,27 @@ def test_subaccount_id_is_sent_from_the_connection_extra(emu, monkeypatch):
         BctrlHook("bctrl_sub_bad").create_invocation(SPACE, RUNTIME, STEPS)
 
 
-def test_paths_switch_generation_in_one_place(emu):
-    class Gen2Hook(BctrlHook):
-        paths = GENERATION_2
-
-    eid = start("forever")
-    hook = Gen2Hook(CONN)
-    assert hook.status_call(eid).path == f"/v1/invocations/{eid}"
-    with pytest.raises(ProviderConfigError, match="runtime_id"):
-        hook.cancel_call(eid)  # generation 2 cancels under the runtime, which this hook has not seen yet
-    assert hook.get_status(eid).state is ExecutionState.QUEUED  # the read tells it the runtime
-    assert hook.cancel_call(eid).path == f"/v1/runtimes/{RUNTIME}/invocations/{eid}/cancel"
-    BctrlHook(CONN).cancel(eid)
+def test_the_api_generation_is_a_connection_setting(emu, monkeypatch):
+    base = {"conn_type": "bctrl", "host": emu.url + "/bctrl", "password": API_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_BCTRL_GEN2", json.dumps({**base, "extra": {"api_generation": "2"}}))
+    eid = BctrlHook("bctrl_gen2").invoke_action(RUNTIME, {"action": "act", "instruction": "Click buy"},
+                                                metadata={"emulate": "forever"})
+    (create,) = emu.journal(action="create", execution_id=eid)
+    assert create["path"] == f"/bctrl/v1/runtimes/{RUNTIME}/invocations"
+    fresh = BctrlHook("bctrl_gen2")  # knows nothing of the invocation: the cancel reads it for its runtime first
+    assert fresh.status_call(eid).path == f"/v1/invocations/{eid}"  # the same read in both generations
+    assert fresh.cancel(eid) is CancelOutcome.REQUESTED
+    (cancel,) = emu.cancels(eid)
+    assert cancel["path"] == f"/bctrl/v1/runtimes/{RUNTIME}/invocations/{eid}/cancel" and cancel["body_bytes"] == 0
+    with pytest.raises(ProviderConfigError, match=r"generation 2 .*run an action request, not steps"):
+        BctrlHook("bctrl_gen2").create_invocation(SPACE, RUNTIME, STEPS)
+    with pytest.raises(ProviderConfigError, match=r"generation 1 .*run steps \(and a space_id\), not action"):
+        BctrlHook(CONN).invoke_action(RUNTIME, {"action": "act", "instruction": "x"})
+    monkeypatch.setenv("AIRFLOW_CONN_BCTRL_GEN9", json.dumps({**base, "extra": {"api_generation": "9"}}))
+    seen = len(emu.journal(vendor="bctrl"))
+    with pytest.raises(ProviderConfigError, match=r"extra 'api_generation' must be 1 .* or 2 .*got '9'"):
+        BctrlHook("bctrl_gen9").cancel(eid)
+    assert len(emu.journal(vendor="bctrl")) == seen
 
 
 # -- deferrable lifecycle: the trigger driven as Airflow's triggerer drives it -----------------------------
