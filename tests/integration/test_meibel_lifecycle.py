@@ -30,20 +30,14 @@ from airflow_provider_cancel.vendors.meibel import (
 )
 
 from .conftest import API_KEY, make_context
+from .vendor_ops import meibel_spec
 
 CONN = "meibel_emu"
 S = ExecutionState
 
 
 def spec(marker: str = "succeed:2", **overrides) -> dict:
-    return {
-        "name": "invoice-extraction",
-        "agent": "agent-7d1c",
-        "user_message": f"Extract the totals. emulate:{marker}",
-        "input": {"datasource_id": "ds-invoices", "filters": {"media_types": ["application/pdf"]}},
-        "execution": {"concurrency": 4, "retry_limit": 1},
-        **overrides,
-    }
+    return meibel_spec(marker, **overrides)
 
 
 def op(marker: str = "succeed:2", **kw) -> MeibelRunBatchOperator:
