@@ -299,6 +299,16 @@ def test_a_task_that_never_saw_the_invocation_cancels_it_on_its_own_path(emu, ge
 
 
 @each_generation
+def test_the_clean_up_operator_cancels_by_id_on_each_generations_path(emu, gen):
+    from airflow_provider_cancel.cancel import CancelExecutionOperator
+
+    live = gen.start("forever")
+    task = CancelExecutionOperator(task_id="cleanup", conn_id=gen.conn_id(), execution_ids=[live], poll_interval=0.05)
+    assert task.execute(ctx()) == {live: "cancelled"}
+    assert [(c["path"], c["body_bytes"]) for c in emu.cancels(live)] == [(CANCEL_PATH[gen.name].format(id=live), 0)]
+
+
+@each_generation
 def test_a_create_slower_than_the_read_timeout_is_retried_and_starts_one_invocation(emu, gen, monkeypatch):
     conn = {"conn_type": "bctrl", "host": emu.url + "/bctrl", "password": API_KEY,
             "extra": {**gen.extra, "timeout": 1}}
