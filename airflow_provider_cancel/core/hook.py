@@ -63,8 +63,14 @@ def short_repr(value: object, limit: int = 60) -> str:
 
 
 class ExecutionHook(BaseHook):
-    """Base for the five vendor hooks. Subclasses set the class facts and implement the adapter methods."""
+    """Base for the vendor hooks. Subclasses set the class facts and implement the adapter methods.
 
+    A concrete hook that leaves a required fact unset or a required method unimplemented fails when its class is
+    created (at import), not at its first request. ``class MyBase(ExecutionHook, abstract=True)`` declares an
+    intermediate base that is exempt.
+    """
+
+    # -- class facts: required (REQUIRED_FACTS) unless a default is given here ---------------------------
     # Airflow's hook registration.
     conn_name_attr: ClassVar[str] = "conn_id"
     conn_type: ClassVar[str]
@@ -79,6 +85,20 @@ class ExecutionHook(BaseHook):
     status_words: ClassVar[Mapping[str, ExecutionState]]
     execution_id_pattern: ClassVar[re.Pattern[str] | None] = None
     execution_id_example: ClassVar[str] = ""
+
+    REQUIRED_FACTS: ClassVar[tuple[str, ...]] = (
+        "conn_type", "default_conn_name", "hook_name", "vendor", "default_host", "api_key_header", "status_words",
+    )
+    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("status_call", "parse_status", "cancel_call", "test_call")
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        missing = [name for name in cls.REQUIRED_FACTS if not getattr(cls, name, None)]
+        missing += [f"{name}()" for name in cls.REQUIRED_METHODS if getattr(cls, name) is getattr(ExecutionHook, name)]
+        if missing:
+            raise TypeError(f"{cls.__qualname__} must define {', '.join(missing)} (see ExecutionHook)")
 
     def __init__(
         self,
@@ -160,16 +180,24 @@ class ExecutionHook(BaseHook):
         """Vendor headers read from the connection's extra (e.g. an organisation id)."""
         return {}
 
-    # -- vendor adapter: override ----------------------------------------------------------------------
+    # -- vendor adapter: required overrides (REQUIRED_METHODS) ---------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:
+        """The request that reads one execution's status."""
         raise NotImplementedError
 
     def parse_status(self, execution_id: str, body: Any, call: ApiCall) -> ExecutionStatus:
+        """The status answer in the vendor-neutral vocabulary (`ExecutionState` via `status_words`)."""
         raise NotImplementedError
 
     def cancel_call(self, execution_id: str) -> ApiCall:
+        """The request that cancels one execution."""
         raise NotImplementedError
 
+    def test_call(self) -> ApiCall:
+        """A cheap authenticated request for the UI's Test button."""
+        raise NotImplementedError
+
+    # -- vendor adapter: optional overrides -------------------------------------------------------------
     def cancel_outcome(self, body: Any) -> CancelOutcome:
         return CancelOutcome.REQUESTED
 
@@ -180,10 +208,6 @@ class ExecutionHook(BaseHook):
         if error.status_code == 409:
             return CancelOutcome.ALREADY_FINISHED
         return None
-
-    def test_call(self) -> ApiCall:
-        """A cheap authenticated request for the UI's Test button."""
-        raise NotImplementedError
 
     def execution_url(self, execution_id: str, info: Mapping[str, Any]) -> str | None:
         """A page where a person can see the execution, if the vendor has one."""

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout, TaskDeferred
@@ -75,6 +75,7 @@ KILL_RETRY = RetryPolicy(max_attempts=10, initial_backoff=0.1, max_backoff=0.8, 
 # Extra time past the task's deadline before Airflow's own defer timeout fires as a backstop (K8).
 DEFER_BACKSTOP = timedelta(minutes=5)
 STOP_WAIT = 120.0  # how long a new try waits for an earlier try's cancelled execution to end before starting
+HookT = TypeVar("HookT", bound=ExecutionHook)
 
 
 def default_deferrable() -> bool:
@@ -98,7 +99,7 @@ def _maybe_created(error: BaseException) -> bool:
     return not is_transient(error, retry_safe=False)  # only a connection that never opened proves nothing was sent
 
 
-class ExecutionOperator(BaseOperator):
+class ExecutionOperator(BaseOperator, Generic[HookT]):
     """Start one remote execution, wait for it, return its result; cancel it whenever the task dies.
 
     :param conn_id: the Airflow connection of the vendor API (templated; default: ``<vendor>_default``).
@@ -127,13 +128,19 @@ class ExecutionOperator(BaseOperator):
     has started.
     """
 
-    hook_class: ClassVar[type[ExecutionHook]]
+    # Set by every concrete operator (`class DuneRunQueryOperator(ExecutionOperator[DuneHook])`). Not a ClassVar:
+    # a ClassVar may not hold a type variable.
+    hook_class: type[HookT]
     defer_backstop: ClassVar[timedelta] = DEFER_BACKSTOP
     template_fields: Sequence[str] = ("conn_id",)
     ui_color = "#f4e6ff"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        """A concrete operator without a `hook_class` fails here, at import, not at its first run.
+        ``class MyBase(ExecutionOperator[H], abstract=True)`` declares an intermediate base."""
         super().__init_subclass__(**kwargs)
+        if not abstract and not isinstance(getattr(cls, "hook_class", None), type):
+            raise TypeError(f"{cls.__qualname__} must set hook_class to its vendor's ExecutionHook subclass")
         inherit_params(cls, ExecutionOperator, "Arguments of every operator of this provider:")
 
     def __init__(
@@ -174,7 +181,7 @@ class ExecutionOperator(BaseOperator):
         self.on_existing = on_existing
         self.cancel_orphans = cancel_orphans
         # Runtime state; on_kill may run in a signal handler and reads only the guard and the kill flag.
-        self._hook: ExecutionHook | None = None
+        self._hook: HookT | None = None
         self._guard = CancelGuard(cancel_on_kill=cancel_on_kill)
         self._killed = threading.Event()
         self._records: RecordStore | None = None
@@ -188,16 +195,16 @@ class ExecutionOperator(BaseOperator):
             if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
                 raise ProviderConfigError(f"{self.task_id}: {name} must be {_type_names(expected)}, got {value!r}")
 
-    # -- vendor adapter --------------------------------------------------------------------------------
-    # Required: start_execution. Optional: validate_request, fetch_result, link_info.
-    def validate_request(self) -> None:
-        """Check rendered arguments before any request; raise ProviderConfigError naming the field."""
-
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
+    # -- vendor adapter: required override ------------------------------------------------------------
+    def start_execution(self, hook: HookT, context: Context) -> str:
         """Start the remote execution and return its id. Use `self.idempotency_key(context)` if the vendor can."""
         raise NotImplementedError
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    # -- vendor adapter: optional overrides ------------------------------------------------------------
+    def validate_request(self) -> None:
+        """Check rendered arguments before any request; raise ProviderConfigError naming the field."""
+
+    def fetch_result(self, hook: HookT, status: ExecutionStatus) -> Any:
         """The task's return value (XCom) for a succeeded execution."""
         return None
 
@@ -207,7 +214,7 @@ class ExecutionOperator(BaseOperator):
 
     # -- helpers for adapters --------------------------------------------------------------------------
     @property
-    def hook(self) -> ExecutionHook:
+    def hook(self) -> HookT:
         if self._hook is None:
             self._hook = self.hook_class(self.conn_id)
         return self._hook
@@ -246,7 +253,7 @@ class ExecutionOperator(BaseOperator):
             return self.execution_id
         return self._guarded(lambda: self._wait(hook, context, status))
 
-    def _start(self, hook: ExecutionHook, context: Context) -> None:
+    def _start(self, hook: HookT, context: Context) -> None:
         """Start a new execution. The hook reports its id the moment it is known (`hook.started`), before
         anything else in the answer is read, so an answer that is then unreadable still leaves it owned; an id
         the client chooses (`hook.planned`) is recorded before the create is sent."""
@@ -271,7 +278,7 @@ class ExecutionOperator(BaseOperator):
         if execution_id != self.execution_id:  # an adapter that did not report it through hook.started
             self._own(context, hook.trust(execution_id), adopted=False)
 
-    def _wait(self, hook: ExecutionHook, context: Context, status: ExecutionStatus | None) -> Any:
+    def _wait(self, hook: HookT, context: Context, status: ExecutionStatus | None) -> Any:
         assert self.execution_id is not None
         self._raise_if_killed()  # killed while the create was in flight: cancel what it started
         if self.deferrable:
@@ -280,7 +287,7 @@ class ExecutionOperator(BaseOperator):
                 self._defer(context)
         return self._finish(hook, context, self._poll(hook, status))
 
-    def _poll(self, hook: ExecutionHook, status: ExecutionStatus | None) -> ExecutionStatus:
+    def _poll(self, hook: HookT, status: ExecutionStatus | None) -> ExecutionStatus:
         """Wait here until the execution ends (Airflow's execution_timeout, or a kill, ends the wait sooner)."""
         execution_id = self.execution_id
         assert execution_id is not None
@@ -292,7 +299,7 @@ class ExecutionOperator(BaseOperator):
         self._guard.ended()
         return ending.status
 
-    def _finish(self, hook: ExecutionHook, context: Context, status: ExecutionStatus) -> Any:
+    def _finish(self, hook: HookT, context: Context, status: ExecutionStatus) -> Any:
         self._guard.ended()
         name = f"{hook.vendor} execution {status.execution_id}"
         finish = decide_finished(status.state, adopted=self._adopted, restarted=self._restarted)
@@ -438,7 +445,7 @@ class ExecutionOperator(BaseOperator):
         ti = context["ti"]
         return record is not None and record.try_number is not None and record.try_number < ti.try_number
 
-    def _adopt_existing(self, hook: ExecutionHook, context: Context) -> ExecutionStatus | None:
+    def _adopt_existing(self, hook: HookT, context: Context) -> ExecutionStatus | None:
         """An execution left by an earlier try of this task: reattach to it or cancel it, per `on_existing`.
         Returns its status when this try adopted it."""
         store = self._store(context)
@@ -473,7 +480,7 @@ class ExecutionOperator(BaseOperator):
             self._wait_until_stopped(hook, previous)
         return None
 
-    def _wait_until_stopped(self, hook: ExecutionHook, execution_id: str) -> None:
+    def _wait_until_stopped(self, hook: HookT, execution_id: str) -> None:
         """Wait (bounded) for a cancelled execution to end, so that a new start never overlaps it."""
         started = time.monotonic()
         waiter = poll.Waiter(hook.vendor, execution_id, schedule=self._schedule(), started_at=started,

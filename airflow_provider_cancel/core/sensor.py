@@ -45,8 +45,10 @@ class ExecutionSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("execution_id", "conn_id")
     ui_color = "#e8f7e4"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not abstract and not isinstance(getattr(cls, "hook_class", None), type):
+            raise TypeError(f"{cls.__qualname__} must set hook_class to its vendor's ExecutionHook subclass")
         inherit_params(cls, ExecutionSensor, "Arguments of every sensor of this provider:")
 
     def __init__(
