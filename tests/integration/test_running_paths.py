@@ -63,7 +63,7 @@ def races(emu, vendor: str) -> None:
         worker, outcome = in_thread(task, context)
         wait_for(lambda t=task: t.execution_id and emu.journal(action="status", execution_id=t.execution_id), 20)
         barrier = threading.Barrier(2)
-        kills = [threading.Thread(target=lambda t=task: (barrier.wait(), t.on_kill())) for _ in range(2)]
+        kills = [threading.Thread(target=lambda t=task, b=barrier: (b.wait(), t.on_kill())) for _ in range(2)]
         for kill in kills:
             kill.start()
         for kill in (*kills, worker):
