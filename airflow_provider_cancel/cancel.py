@@ -19,8 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook, BaseOperator
-from airflow.sdk.exceptions import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, BaseHook, BaseOperator
 
 from airflow_provider_cancel.core.errors import ExecutionKilled, ProviderConfigError
 from airflow_provider_cancel.core.operator import format_duration
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
 
 def hook_for_connection(conn_id: str) -> ExecutionHook:
     """The vendor hook for a connection of one of this provider's types (dune, izieroma, bctrl, meibel, b3os)."""
-    from airflow.sdk.module_loading import import_string
+    from airflow.providers.common.compat.module_loading import import_string
 
     from airflow_provider_cancel.registry import BY_CONN_TYPE
 

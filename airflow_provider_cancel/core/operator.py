@@ -21,8 +21,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout, TaskDeferred
+from airflow.providers.common.compat.sdk import AirflowException, AirflowTaskTimeout, BaseOperator, TaskDeferred
 
 from airflow_provider_cancel.core.docs import default_doc_md, inherit_params
 from airflow_provider_cancel.core.errors import (
@@ -59,10 +58,8 @@ OnExisting = Literal["reattach", "cancel"]
 
 
 def _default_deferrable() -> bool:
-    try:
-        from airflow.sdk.configuration import conf
-    except ImportError:  # Airflow 3.0
-        from airflow.configuration import conf  # type: ignore[no-redef]
+    from airflow.providers.common.compat.sdk import conf
+
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 

@@ -59,7 +59,7 @@ class TriggerOutcome(BaseModel):
 
     @classmethod
     def parse_event(cls, event: Any) -> TriggerOutcome:
-        from airflow.sdk.exceptions import AirflowException
+        from airflow.providers.common.compat.sdk import AirflowException
 
         try:
             return cls.model_validate(event)
@@ -116,7 +116,7 @@ class ExecutionTrigger(BaseTrigger):
     @property
     def hook(self) -> ExecutionHook:
         if self._hook is None:
-            from airflow.sdk.module_loading import import_string
+            from airflow.providers.common.compat.module_loading import import_string
 
             hook_class = import_string(self.hook_class)
             if not (isinstance(hook_class, type) and issubclass(hook_class, ExecutionHook)):

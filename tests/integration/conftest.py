@@ -84,6 +84,8 @@ async def drive_trigger(trigger: Any, *, cancel_when: Callable[[], Any] | None =
     message, as a triggerer shutdown. Returns the event payloads."""
     from airflow.jobs.triggerer_job_runner import TriggerRunner
 
+    from tests.airflow_compat import fired_events
+
     runner = TriggerRunner()
     runner.triggers[1] = {"name": "test-trigger", "events": 0}
     task = asyncio.create_task(runner.run_trigger(1, trigger))
@@ -96,7 +98,7 @@ async def drive_trigger(trigger: Any, *, cancel_when: Callable[[], Any] | None =
         task.cancel(cancel_msg) if cancel_msg else task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(task, max(1.0, deadline - time.monotonic()))
-    return [entry.event.payload for entry in runner.events]
+    return [payload for _, payload in fired_events(runner)]
 
 
 def in_thread(task: Any, context: dict[str, Any]) -> tuple[threading.Thread, dict]:
@@ -117,9 +119,8 @@ def in_thread(task: Any, context: dict[str, Any]) -> tuple[threading.Thread, dic
 
 def defer(task: Any, context: dict[str, Any]) -> Any:
     """Run `task` until it defers; return its trigger rebuilt from its own serialized form, as Airflow does."""
-    from airflow.sdk.exceptions import TaskDeferred
-
     from airflow_provider_cancel.core.trigger import ExecutionTrigger
+    from tests.airflow_compat import TaskDeferred
 
     with pytest.raises(TaskDeferred) as deferred:
         task.execute(context)

@@ -10,8 +10,6 @@ import threading
 import uuid
 
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -32,6 +30,7 @@ from airflow_provider_cancel.vendors.b3os import (
     idempotent_run_id,
     unwrap,
 )
+from tests.airflow_compat import USER_ACTION_CANCEL_MSG, AirflowFailException, TaskDeferred
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
@@ -467,6 +466,6 @@ async def test_deferrable_sensor_kill_does_not_cancel(emu):
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(context())
     await drive_trigger(deferred.value.trigger, cancel_when=lambda: len(statuses(emu, run_id)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
+                        cancel_msg=USER_ACTION_CANCEL_MSG)
     assert emu.cancels(run_id) == []
     B3osHook(CONN).cancel(run_id)

@@ -8,8 +8,6 @@ import threading
 import uuid
 
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -29,6 +27,7 @@ from airflow_provider_cancel.vendors.bctrl import (
     BctrlInvocationSensor,
     BctrlInvokeOperator,
 )
+from tests.airflow_compat import USER_ACTION_CANCEL_MSG, AirflowFailException, TaskDeferred
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
@@ -436,6 +435,6 @@ async def test_deferrable_sensor_kill_does_not_cancel(emu):
         sensor.execute(ctx())
     trigger = deferred.value.trigger
     await drive_trigger(trigger, cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
+                        cancel_msg=USER_ACTION_CANCEL_MSG)
     assert emu.cancels(eid) == []
     BctrlHook(CONN).cancel(eid)

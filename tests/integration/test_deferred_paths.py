@@ -13,10 +13,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferralError
 
 from airflow_provider_cancel.core.trigger import ExecutionTrigger
+from tests.airflow_compat import (
+    USER_ACTION_CANCEL_MSG,
+    AirflowTaskTimeout,
+    TaskDeferralError,
+    requires_trigger_on_kill,
+)
 
 from .conftest import VENDORS, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .vendor_ops import scenario_operator
@@ -39,10 +43,11 @@ def polled_by(emu, trigger: ExecutionTrigger):
     return lambda: len(emu.journal(action="status", execution_id=eid)) > before
 
 
+@requires_trigger_on_kill
 async def test_deferred_user_kill_cancels_once_via_trigger_on_kill(emu, vendor):
     task, context = deferred_task(vendor)
     trigger = defer(task, context)
-    await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=_USER_ACTION_CANCEL_MSG)
+    await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=USER_ACTION_CANCEL_MSG)
     assert len(emu.cancels(trigger.execution_id)) == 1
     assert emu.execution(trigger.execution_id)["state"] in ("cancelled", "cancelling")
 

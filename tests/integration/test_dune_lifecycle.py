@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -15,6 +13,7 @@ from airflow_provider_cancel.core.errors import (
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.dune import DuneExecutionSensor, DuneHook, DuneRunQueryOperator
+from tests.airflow_compat import USER_ACTION_CANCEL_MSG, AirflowFailException, TaskDeferred
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
@@ -194,6 +193,6 @@ async def test_deferrable_sensor_kill_does_not_cancel(emu):
         sensor.execute(make_context())
     trigger = deferred.value.trigger
     await drive_trigger(trigger, cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
+                        cancel_msg=USER_ACTION_CANCEL_MSG)
     assert emu.cancels(eid) == []
     DuneHook(CONN).cancel(eid)

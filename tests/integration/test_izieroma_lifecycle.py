@@ -12,8 +12,6 @@ import uuid
 import httpx
 import pytest
 import respx
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -32,6 +30,7 @@ from airflow_provider_cancel.vendors.izieroma import (
     IzieromaRunOperator,
     percent,
 )
+from tests.airflow_compat import USER_ACTION_CANCEL_MSG, AirflowFailException, TaskDeferred, requires_trigger_on_kill
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
@@ -312,6 +311,7 @@ async def test_deferred_success_resumes_with_the_result_and_no_cancel(emu):
     assert emu.cancels(trigger.execution_id) == []
 
 
+@requires_trigger_on_kill
 async def test_deferred_user_kill_during_the_connection_lookup_still_cancels(emu, monkeypatch):
     from airflow.sdk.execution_time import supervisor
 
@@ -327,7 +327,7 @@ async def test_deferred_user_kill_during_the_connection_lookup_still_cancels(emu
             return next(filter(None, (b.get_connection(conn_id) for b in backends)), None)
 
     monkeypatch.setattr(supervisor, "ensure_secrets_backend_loaded", lambda: [SlowBackend()])
-    await drive_trigger(trigger, cancel_when=looking_up.is_set, cancel_msg=_USER_ACTION_CANCEL_MSG)
+    await drive_trigger(trigger, cancel_when=looking_up.is_set, cancel_msg=USER_ACTION_CANCEL_MSG)
     assert len(emu.cancels(eid)) == 1
 
 
@@ -364,7 +364,7 @@ async def test_deferrable_sensor_kill_does_not_cancel(emu):
         sensor.execute(fresh_context())
     await drive_trigger(deferred.value.trigger,
                         cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
+                        cancel_msg=USER_ACTION_CANCEL_MSG)
     assert emu.cancels(eid) == []
     IzieromaHook(CONN).cancel(eid)
 

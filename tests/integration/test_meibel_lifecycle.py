@@ -11,9 +11,6 @@ import json
 import httpx
 import pytest
 import respx
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -32,6 +29,7 @@ from airflow_provider_cancel.vendors.meibel import (
     MeibelHook,
     MeibelRunBatchOperator,
 )
+from tests.airflow_compat import USER_ACTION_CANCEL_MSG, AirflowFailException, TaskDeferred, airflow_timeout
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 
@@ -371,7 +369,7 @@ async def test_deferrable_sensor_kill_does_not_cancel(emu):
         sensor.execute(make_context())
     await drive_trigger(deferred.value.trigger,
                         cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
+                        cancel_msg=USER_ACTION_CANCEL_MSG)
     assert emu.cancels(eid) == []
     MeibelHook(CONN).cancel(eid)
 
