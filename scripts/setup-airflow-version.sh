@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One venv per Airflow version: .venv-af/<version> holds apache-airflow==<version> and this provider (editable,
-# with its test extra). Idempotent: rebuilt only when the version's venv is missing or pyproject.toml changed.
+# with its test extra). Idempotent: created when missing, brought up to date in place when pyproject.toml changed.
 # Every venv shares pip's one cache (PIP_CACHE_DIR, default ~/.cache/pip), so a second venv downloads only what
 # differs. Prints the venv's path on its last line.
 #   setup-airflow-version.sh 3.1.8
@@ -18,17 +18,16 @@ VENV=.venv-af/$VERSION
 STAMP="$VENV/.installed"
 WANT="airflow=$VERSION pyproject=$(sha256sum pyproject.toml | cut -c1-16)"
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "== $VENV was built for '$(cat "$STAMP")', want '$WANT': rebuilding" >&2
-  rm -rf "$VENV"
-fi
-if [ ! -f "$STAMP" ]; then
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   started=$(date +%s)
-  echo "== creating $VENV: apache-airflow==$VERSION ($("$PYTHON" --version))" >&2
-  rm -rf "$VENV"
-  mkdir -p .venv-af
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV: apache-airflow==$VERSION ($("$PYTHON" --version))" >&2
+    mkdir -p .venv-af
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  else
+    echo "== updating $VENV (built for '$(cat "$STAMP" 2>/dev/null)', want '$WANT')" >&2
+  fi
   # The pin keeps the resolver on this Airflow (the provider allows any 3.x); a beta's own pins are exact.
   "$VENV/bin/python" -m pip install -q "apache-airflow==$VERSION" -e ".[test]" >&2
   echo "$WANT" > "$STAMP"

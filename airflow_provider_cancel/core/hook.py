@@ -273,17 +273,26 @@ class ExecutionHook(BaseHook):
             client.close()
         return True, ok
 
+    # -- the connection form on Airflow < 3.2 (3.2+ reads it from the provider info) ----------------------
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Airflow 3.0-3.1 read a form only from methods the hook class defines itself (ProvidersManager.
+        # _import_hook looks in hook_class.__dict__): every vendor hook gets its own, unless it has one.
+        for name in ("get_ui_field_behaviour", "get_connection_form_widgets"):
+            if name not in cls.__dict__:
+                setattr(cls, name, classmethod(getattr(ExecutionHook, name).__func__))
+
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """For Airflow < 3.2, which reads the form from the hook instead of the provider info."""
-        from airflow_provider_cancel.connections import CONNECTION_FORMS
+        from airflow_provider_cancel.connections import ui_field_behaviour
 
-        form = CONNECTION_FORMS[cls.conn_type]["ui-field-behaviour"]
-        return {
-            "hidden_fields": form["hidden-fields"],
-            "relabeling": form["relabeling"],
-            "placeholders": form["placeholders"],
-        }
+        return ui_field_behaviour(cls.conn_type)
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from airflow_provider_cancel.connections import connection_form_widgets
+
+        return connection_form_widgets(cls.conn_type)
 
 
 def _truthy(value: Any) -> bool:

@@ -84,10 +84,11 @@ async def drive_trigger(trigger: Any, *, cancel_when: Callable[[], Any] | None =
     message, as a triggerer shutdown. Returns the event payloads."""
     from airflow.jobs.triggerer_job_runner import TriggerRunner
 
-    from tests.airflow_compat import fired_events
+    from tests.airflow_compat import fired_events, prepare_trigger
 
     runner = TriggerRunner()
     runner.triggers[1] = {"name": "test-trigger", "events": 0}
+    prepare_trigger(trigger)
     task = asyncio.create_task(runner.run_trigger(1, trigger))
     deadline = time.monotonic() + timeout
     if cancel_when is not None:

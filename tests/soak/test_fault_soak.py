@@ -44,6 +44,7 @@ from tests.airflow_compat import (
     AirflowTaskTimeout,
     TaskDeferred,
     fired_events,
+    prepare_trigger,
     requires_trigger_on_kill,
 )
 
@@ -134,7 +135,7 @@ async def run_triggers(pairs: list[tuple[Job, ExecutionTrigger]], rng: random.Ra
     async def run(job: Job, trigger: ExecutionTrigger) -> None:
         trigger_id = next(ids)
         runner.triggers[trigger_id] = {"name": job.tag, "events": 0}
-        task = asyncio.create_task(runner.run_trigger(trigger_id, trigger))
+        task = asyncio.create_task(runner.run_trigger(trigger_id, prepare_trigger(trigger)))
         if job.plan in ("kill", "restart"):
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             if not task.done():
