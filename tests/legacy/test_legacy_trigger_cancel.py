@@ -45,7 +45,7 @@ if not LEGACY:
 
 from airflow.jobs import triggerer_job_runner
 from airflow.jobs.triggerer_job_runner import TriggerRunner
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.providers.common.compat.sdk import TaskDeferred
 from airflow.triggers.base import BaseTrigger
 
 from airflow_provider_cancel.core import trigger as core_trigger
