@@ -39,7 +39,7 @@ import pytest
 from .conftest import CONN_ID, LEGACY, SKIP_REASON
 
 if not LEGACY:
-    if os.environ.get("LEGACY_TESTS_REQUIRED") == "1":  # set by scripts/test-legacy.sh: skipping is failing there
+    if os.environ.get("LEGACY_TESTS_REQUIRED") == "1":  # set by scripts/test-versions.sh: skipping is failing there
         raise RuntimeError(SKIP_REASON)
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
