@@ -58,6 +58,6 @@ def kill_budget_seconds() -> float:
 
     try:
         grace = conf.getfloat("core", "killed_task_cleanup_time", fallback=60.0)
-    except (TypeError, ValueError):  # a value that is not a number: Airflow's own default
+    except Exception:  # not a number (AirflowConfigException): Airflow's own default, as its supervisor fails anyway
         grace = 60.0
     return max(MIN_KILL_BUDGET, min(MAX_KILL_BUDGET, grace - KILL_MARGIN))
