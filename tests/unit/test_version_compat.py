@@ -13,9 +13,9 @@ from airflow_provider_cancel.version_compat import AIRFLOW_V_3_4_PLUS, kill_budg
 
 def test_the_flags_match_the_installed_airflow():
     installed = Version(Version(version("apache-airflow-core")).base_version)
-    assert version_compat.AIRFLOW_V_3_3_PLUS == (installed >= Version("3.3"))
-    assert version_compat.TRIGGER_ON_KILL == hasattr(__import__("airflow.triggers.base").triggers.base.BaseTrigger,
-                                                     "on_kill")
+    assert (installed >= Version("3.3")) == version_compat.AIRFLOW_V_3_3_PLUS
+    assert hasattr(__import__("airflow.triggers.base").triggers.base.BaseTrigger,
+                                                     "on_kill") == version_compat.TRIGGER_ON_KILL
 
 
 @pytest.mark.parametrize(("cleanup", "budget"), [("60", 17.0), ("10", 8.5), ("1", 0.5), ("x", 17.0)])
