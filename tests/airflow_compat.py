@@ -92,9 +92,9 @@ def prepare_trigger(trigger: Any) -> Any:
 
 def fired_events(runner: Any) -> list[tuple[int, dict]]:
     """(trigger id, event payload) for each event a TriggerRunner fired: 3.0 keeps plain (id, event) tuples,
-    later lines objects with ``trigger_id`` and ``event``."""
+    later lines named tuples with ``trigger_id`` and ``event`` (and more fields)."""
     pairs = []
     for entry in runner.events:
-        trigger_id, event = entry if isinstance(entry, tuple) else (entry.trigger_id, entry.event)
+        trigger_id, event = (entry.trigger_id, entry.event) if hasattr(entry, "trigger_id") else entry
         pairs.append((trigger_id, event.payload))
     return pairs
