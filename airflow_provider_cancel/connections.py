@@ -1,5 +1,6 @@
 """The five connection forms as plain data: read by get_provider_info (Airflow 3.2+ builds the form from it
-without importing a hook) and by the hooks' get_ui_field_behaviour (older Airflow). No imports on purpose."""
+without importing a hook) and, on Airflow 3.0-3.1, by the hooks' get_ui_field_behaviour and
+get_connection_form_widgets. No imports at module level on purpose."""
 
 from __future__ import annotations
 
@@ -74,3 +75,30 @@ CONNECTION_FORMS: dict[str, dict[str, Any]] = {
         },
     ),
 }
+
+
+def ui_field_behaviour(conn_type: str) -> dict[str, Any]:
+    """The form's standard fields in the shape a hook's ``get_ui_field_behaviour`` returns (Airflow < 3.2)."""
+    form = CONNECTION_FORMS[conn_type]["ui-field-behaviour"]
+    return {
+        "hidden_fields": form["hidden-fields"],
+        "relabeling": form["relabeling"],
+        "placeholders": form["placeholders"],
+    }
+
+
+def connection_form_widgets(conn_type: str) -> dict[str, Any]:
+    """The form's extra fields as the wtforms fields a hook's ``get_connection_form_widgets`` returns (Airflow
+    < 3.2). Airflow's UI reads them with wtforms patched to its own stand-ins, so only wtforms is imported (no
+    Flask-AppBuilder widgets, no flask_babel): without wtforms Airflow 3.0-3.1 show no provider's extra fields."""
+    from wtforms import BooleanField, IntegerField, StringField
+
+    fields: dict[str, Any] = {}
+    for name, spec in CONNECTION_FORMS[conn_type]["conn-fields"].items():
+        schema = spec["schema"]
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        # A number that may have decimals travels as text: the hook reads every number with float().
+        field_class = BooleanField if "boolean" in types else IntegerField if "integer" in types else StringField
+        fields[name] = field_class(label=spec["label"], description=spec.get("description", ""),
+                                   default=schema.get("default"))
+    return fields

@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from airflow.sdk import BaseHook
+from airflow.providers.common.compat.sdk import BaseHook
 from pydantic import BaseModel, ValidationError
 
 from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
@@ -93,6 +93,11 @@ class ExecutionHook(BaseHook):
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        # Airflow 3.0-3.1 read a form only from methods the hook class defines itself (ProvidersManager.
+        # _import_hook looks in hook_class.__dict__): every vendor hook gets its own, unless it has one.
+        for name in ("get_ui_field_behaviour", "get_connection_form_widgets"):
+            if name not in cls.__dict__:
+                setattr(cls, name, classmethod(getattr(ExecutionHook, name).__func__))
         if abstract:
             return
         missing = [name for name in cls.REQUIRED_FACTS if not getattr(cls, name, None)]
@@ -128,24 +133,25 @@ class ExecutionHook(BaseHook):
 
     async def aclient(self) -> ApiClient:
         if self._async_client is None:
-            aget = getattr(BaseHook, "aget_connection", None)
-            if aget is None:  # older Airflow: the sync lookup, off the event loop
-                from asgiref.sync import sync_to_async
+            from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 
-                aget = sync_to_async(self.get_connection)
+            # common-compat reads the connection and its extra without blocking the loop on every Airflow 3:
+            # on 3.3.1 `aget_connection` + `extra_dejson` on the triggerer's loop can raise
+            # DeadlockImminentError (apache/airflow#71891); before 3.1 there is no `aget_connection`.
             # Shielded: asgiref re-raises a cancellation without its message, and the triggerer tells a
             # user kill (which must cancel the execution) from a shutdown only by that message.
-            conn = await asyncio.shield(aget(self.conn_id))
-            self._async_client = self.client_for(conn)
+            conn = await asyncio.shield(get_async_connection(self.conn_id, hook=self))
+            extra = await asyncio.shield(get_async_extra_dejson(conn))
+            self._async_client = self.client_for(conn, extra=extra)
         return self._async_client
 
-    def client_for(self, conn: Any) -> ApiClient:
+    def client_for(self, conn: Any, *, extra: Mapping[str, Any] | None = None) -> ApiClient:
         key = (conn.password or "").strip()
         if not key:
             raise ProviderConfigError(
                 f"Connection {self.conn_id!r} ({self.vendor}) has no API key: put the key in its password field."
             )
-        extra = conn.extra_dejson or {}
+        extra = (conn.extra_dejson if extra is None else extra) or {}
         host = (conn.host or "").strip() or self.default_host
         if "://" not in host:
             host = f"{conn.schema or 'https'}://{host}"
@@ -315,17 +321,18 @@ class ExecutionHook(BaseHook):
             client.close()
         return True, ok
 
+    # -- the connection form on Airflow < 3.2 (3.2+ reads it from the provider info) ----------------------
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """For Airflow < 3.2, which reads the form from the hook instead of the provider info."""
-        from airflow_provider_cancel.connections import CONNECTION_FORMS
+        from airflow_provider_cancel.connections import ui_field_behaviour
 
-        form = CONNECTION_FORMS[cls.conn_type]["ui-field-behaviour"]
-        return {
-            "hidden_fields": form["hidden-fields"],
-            "relabeling": form["relabeling"],
-            "placeholders": form["placeholders"],
-        }
+        return ui_field_behaviour(cls.conn_type)
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        from airflow_provider_cancel.connections import connection_form_widgets
+
+        return connection_form_widgets(cls.conn_type)
 
 
 def _truthy(value: Any) -> bool:

@@ -16,6 +16,7 @@ decisions to Airflow's kill paths (docs/kill-paths.md, K1-K13):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -23,8 +24,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowTaskTimeout, TaskDeferred
+from airflow.providers.common.compat.sdk import AirflowException, AirflowTaskTimeout, BaseOperator, TaskDeferred
 
 from airflow_provider_cancel.core import poll
 from airflow_provider_cancel.core.docs import default_doc_md, inherit_params
@@ -53,6 +53,7 @@ from airflow_provider_cancel.core.ownership import (
 )
 from airflow_provider_cancel.core.poll import PollSchedule, format_duration
 from airflow_provider_cancel.core.state import CancelOutcome, ExecutionStatus
+from airflow_provider_cancel.version_compat import kill_budget_seconds
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,10 +81,8 @@ HookT = TypeVar("HookT", bound=ExecutionHook)
 
 def default_deferrable() -> bool:
     """``[operators] default_deferrable``, as every official provider reads it."""
-    try:
-        from airflow.sdk.configuration import conf
-    except ImportError:  # Airflow 3.0
-        from airflow.configuration import conf  # type: ignore[no-redef]
+    from airflow.providers.common.compat.sdk import conf
+
     return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
@@ -539,7 +538,8 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         try:
             hook = self.hook
             # A fresh socket (the poll's may be mid-request in another thread), time.sleep between attempts.
-            client = hook.client.with_options(timeouts=KILL_TIMEOUTS, retry=KILL_RETRY)
+            retry = dataclasses.replace(KILL_RETRY, give_up_after=kill_budget_seconds())  # 3.5 s; more on 3.4
+            client = hook.client.with_options(timeouts=KILL_TIMEOUTS, retry=retry)
             try:
                 outcome = hook.cancel(execution_id, client=client)
             finally:

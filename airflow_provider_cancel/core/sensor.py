@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSensorTimeout, BaseSensorOperator
 
 from airflow_provider_cancel.core.docs import default_doc_md, inherit_params
 from airflow_provider_cancel.core.hook import ExecutionHook

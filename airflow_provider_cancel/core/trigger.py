@@ -22,6 +22,7 @@ from typing import Any, Literal
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from pydantic import BaseModel, ValidationError
 
+from airflow_provider_cancel import version_compat
 from airflow_provider_cancel.core import poll
 from airflow_provider_cancel.core.hook import ExecutionHook
 from airflow_provider_cancel.core.http import RetryPolicy
@@ -62,7 +63,7 @@ class TriggerOutcome(BaseModel):
 
     @classmethod
     def parse_event(cls, event: Any) -> TriggerOutcome:
-        from airflow.sdk.exceptions import AirflowException
+        from airflow.providers.common.compat.sdk import AirflowException
 
         try:
             return cls.model_validate(event)
@@ -70,24 +71,13 @@ class TriggerOutcome(BaseModel):
             raise AirflowException(f"Unexpected trigger event {event!r}: {err.errors()[:3]}") from None
 
 
-def _airflow_version() -> Any:
-    from airflow import __version__
-    from packaging.version import Version
-
-    return Version(Version(__version__).base_version)
-
-
 def _airflow_has_trigger_on_kill() -> bool:
-    from packaging.version import Version
-
-    return bool(_airflow_version() >= Version("3.3.0"))
+    return version_compat.TRIGGER_ON_KILL
 
 
 def _on_kill_runs_on_reassignment() -> bool:
     """Airflow 3.3.0-3.3.2 call on_kill for a trigger reassigned to another triggerer (fixed in 3.4)."""
-    from packaging.version import Version
-
-    return bool(Version("3.3.0") <= _airflow_version() < Version("3.4.0"))
+    return version_compat.TRIGGER_ON_KILL and not version_compat.AIRFLOW_V_3_4_PLUS
 
 
 class ExecutionTrigger(BaseTrigger):
@@ -140,7 +130,7 @@ class ExecutionTrigger(BaseTrigger):
     @property
     def hook(self) -> ExecutionHook:
         if self._hook is None:
-            from airflow.sdk.module_loading import import_string
+            from airflow.providers.common.compat.module_loading import import_string
 
             hook_class = import_string(self.hook_class)
             if not (isinstance(hook_class, type) and issubclass(hook_class, ExecutionHook)):

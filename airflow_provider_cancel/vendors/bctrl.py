@@ -421,9 +421,11 @@ class BctrlHook(ExecutionHook):
         # invocation id -> runtime id, for generation 2, whose cancel is runtime-scoped.
         self._runtime_ids: dict[str, str] = {}
 
-    def client_for(self, conn: Any) -> ApiClient:
-        self._paths = generation_paths(conn.extra_dejson or {}, conn_id=self.conn_id)
-        return super().client_for(conn)
+    def client_for(self, conn: Any, *, extra: Mapping[str, Any] | None = None) -> ApiClient:
+        # `extra` as the async path read it (3.3.1 must not read conn.extra_dejson on the triggerer's loop)
+        extra = (conn.extra_dejson or {}) if extra is None else extra
+        self._paths = generation_paths(extra, conn_id=self.conn_id)
+        return super().client_for(conn, extra=extra)
 
     @property
     def paths(self) -> InvocationPaths:

@@ -11,7 +11,6 @@ import os
 import uuid
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
 from airflow_provider_cancel.cancel import CancelExecutionOperator
 from airflow_provider_cancel.core.errors import (
@@ -22,6 +21,7 @@ from airflow_provider_cancel.core.errors import (
 )
 from airflow_provider_cancel.core.operator import KILL_RETRY, STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.emulator.testing import wait_for
+from tests.airflow_compat import AirflowException, TaskDeferred
 
 from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, in_thread, make_context
 from .vendor_ops import scenario_operator

@@ -11,7 +11,6 @@ import threading
 import uuid
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferralError
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -25,6 +24,7 @@ from airflow_provider_cancel.core.state import ExecutionState
 from airflow_provider_cancel.emulator.bctrl import BUSY_RUNTIME_ID, FORBIDDEN_SUBACCOUNT, MISSING_ID
 from airflow_provider_cancel.emulator.testing import RUNTIME_ID, SPACE_ID, wait_for
 from airflow_provider_cancel.vendors.bctrl import BctrlHook, BctrlInvocationSensor, BctrlInvokeOperator
+from tests.airflow_compat import AirflowFailException, TaskDeferralError
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .vendor_ops import BCTRL_STEPS, BY_NAME, Case

@@ -13,10 +13,14 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferralError
 
 from airflow_provider_cancel.core.trigger import ExecutionTrigger
+from tests.airflow_compat import (
+    USER_ACTION_CANCEL_MSG,
+    AirflowTaskTimeout,
+    TaskDeferralError,
+    requires_trigger_on_kill,
+)
 
 from .conftest import VENDORS, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .vendor_ops import scenario_operator
@@ -39,10 +43,11 @@ def polled_by(emu, trigger: ExecutionTrigger):
     return lambda: len(emu.journal(action="status", execution_id=eid)) > before
 
 
+@requires_trigger_on_kill
 async def test_deferred_user_kill_cancels_once_via_trigger_on_kill(emu, vendor):
     task, context = deferred_task(vendor)
     trigger = defer(task, context)
-    await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=_USER_ACTION_CANCEL_MSG)
+    await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=USER_ACTION_CANCEL_MSG)
     assert len(emu.cancels(trigger.execution_id)) == 1
     assert emu.execution(trigger.execution_id)["state"] in ("cancelled", "cancelling")
 
@@ -130,6 +135,7 @@ class _Supervisor:
         return SimpleNamespace(task_states={self.ti.run_id: {self.ti.task_id: self.state}})
 
 
+@requires_trigger_on_kill
 @pytest.mark.parametrize(("task_state", "cancels"), [("deferred", 0), ("failed", 1), ("success", 1)])
 async def test_on_kill_cancels_only_when_the_task_left_deferred(emu, vendor, monkeypatch, task_state, cancels):
     """Airflow 3.3.0-3.3.2 call on_kill also when a triggerer that stalled finds its trigger reassigned
@@ -148,7 +154,7 @@ async def test_on_kill_cancels_only_when_the_task_left_deferred(emu, vendor, mon
     supervisor = _Supervisor(ti, task_state)
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", supervisor, raising=False)
     monkeypatch.setattr(trigger_module, "_on_kill_runs_on_reassignment", lambda: True)
-    await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=_USER_ACTION_CANCEL_MSG)
+    await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=USER_ACTION_CANCEL_MSG)
     assert supervisor.asked == 1
     assert len(emu.cancels(trigger.execution_id)) == cancels
     if not cancels:

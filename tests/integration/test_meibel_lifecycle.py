@@ -11,7 +11,6 @@ import json
 import httpx
 import pytest
 import respx
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -28,6 +27,7 @@ from airflow_provider_cancel.vendors.meibel import (
     MeibelHook,
     MeibelRunBatchOperator,
 )
+from tests.airflow_compat import airflow_timeout
 
 from .conftest import API_KEY, make_context
 from .vendor_ops import meibel_spec

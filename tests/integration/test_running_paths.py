@@ -12,11 +12,10 @@ import threading
 import uuid
 
 import pytest
-from airflow.sdk.exceptions import AirflowTaskTimeout
-from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
 
 from airflow_provider_cancel.core.errors import ExecutionApiError, ExecutionKilled
 from airflow_provider_cancel.emulator.testing import wait_for
+from tests.airflow_compat import AirflowTaskTimeout, airflow_timeout
 
 from .conftest import VENDORS, FakeStore, FakeTI, in_thread, make_context
 from .vendor_ops import scenario_operator

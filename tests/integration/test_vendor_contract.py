@@ -15,8 +15,6 @@ import uuid
 
 import httpx
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -25,6 +23,7 @@ from airflow_provider_cancel.core.errors import (
     ProviderConfigError,
 )
 from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID
+from tests.airflow_compat import USER_ACTION_CANCEL_MSG, AirflowFailException, TaskDeferred
 
 from .conftest import API_KEY, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .vendor_ops import CASES, Case
@@ -192,7 +191,7 @@ async def test_deferred_user_kill_during_the_connection_lookup_still_cancels(emu
             return next(filter(None, (b.get_connection(conn_id) for b in backends)), None)
 
     monkeypatch.setattr(supervisor, "ensure_secrets_backend_loaded", lambda: [SlowBackend()])
-    await drive_trigger(trigger, cancel_when=looking_up.is_set, cancel_msg=_USER_ACTION_CANCEL_MSG)
+    await drive_trigger(trigger, cancel_when=looking_up.is_set, cancel_msg=USER_ACTION_CANCEL_MSG)
     assert len(emu.cancels(trigger.execution_id)) == 1
 
 
@@ -244,6 +243,6 @@ async def test_deferrable_sensor_kill_does_not_cancel(emu, case):
         sensor.execute(fresh())
     await drive_trigger(deferred.value.trigger,
                         cancel_when=lambda: len(emu.journal(action="status", execution_id=eid)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
+                        cancel_msg=USER_ACTION_CANCEL_MSG)
     assert emu.cancels(eid) == []
     case.hook().cancel(eid)

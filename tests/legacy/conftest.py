@@ -1,4 +1,4 @@
-"""Airflow 3.0-3.2 triggerer tests. They run for real only in a venv with Airflow < 3.3 (scripts/test-legacy.sh);
+"""Airflow 3.0-3.2 triggerer tests. They run for real only in a venv with Airflow < 3.3 (scripts/test-versions.sh);
 under Airflow >= 3.3 (the main suite) every test here is skipped.
 
 Nothing in this file imports Airflow at module level: the version comes from package metadata, so that the
@@ -28,7 +28,7 @@ def _airflow_version() -> Version | None:
 
 AIRFLOW_VERSION = _airflow_version()
 LEGACY = AIRFLOW_VERSION is not None and Version(AIRFLOW_VERSION.base_version) < Version("3.3.0")
-SKIP_REASON = f"legacy triggerer tests need Airflow 3.0-3.2 (found {AIRFLOW_VERSION}); run scripts/test-legacy.sh"
+SKIP_REASON = f"legacy triggerer tests need Airflow 3.0-3.2 (found {AIRFLOW_VERSION}); run scripts/test-versions.sh"
 
 API_KEY = "sk-LEGACY-SECRET-41c2"
 CONN_ID = "dune_legacy"

@@ -40,8 +40,13 @@ from typing import Any
 
 import attrs
 import httpx
-from airflow.executors.workloads.task import TaskInstanceDTO
-from airflow.executors.workloads.trigger import RunTrigger
+
+try:
+    from airflow.executors.workloads.task import TaskInstanceDTO
+    from airflow.executors.workloads.trigger import RunTrigger
+except ImportError:  # Airflow 3.0-3.1: one workloads module
+    from airflow.executors.workloads import RunTrigger  # type: ignore[no-redef,attr-defined]
+    from airflow.executors.workloads import TaskInstance as TaskInstanceDTO  # type: ignore[no-redef,attr-defined]
 from airflow.jobs.triggerer_job_runner import TriggerLoggingFactory, TriggerRunnerSupervisor
 from airflow.models.trigger import Trigger
 

@@ -39,13 +39,13 @@ import pytest
 from .conftest import CONN_ID, LEGACY, SKIP_REASON
 
 if not LEGACY:
-    if os.environ.get("LEGACY_TESTS_REQUIRED") == "1":  # set by scripts/test-legacy.sh: skipping is failing there
+    if os.environ.get("LEGACY_TESTS_REQUIRED") == "1":  # set by scripts/test-versions.sh: skipping is failing there
         raise RuntimeError(SKIP_REASON)
     pytest.skip(SKIP_REASON, allow_module_level=True)
 
 from airflow.jobs import triggerer_job_runner
 from airflow.jobs.triggerer_job_runner import TriggerRunner
-from airflow.sdk.exceptions import TaskDeferred
+from airflow.providers.common.compat.sdk import TaskDeferred
 from airflow.triggers.base import BaseTrigger
 
 from airflow_provider_cancel.core import trigger as core_trigger

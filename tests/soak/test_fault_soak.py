@@ -29,8 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG, TriggerRunner
-from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferred
+from airflow.jobs.triggerer_job_runner import TriggerRunner
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
@@ -40,6 +39,14 @@ from airflow_provider_cancel.core.errors import (
 )
 from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import EmulatorProcess, operator_args, wait_for
+from tests.airflow_compat import (
+    USER_ACTION_CANCEL_MSG,
+    AirflowTaskTimeout,
+    TaskDeferred,
+    fired_events,
+    prepare_trigger,
+    requires_trigger_on_kill,
+)
 
 from ..integration.conftest import FakeTI, make_context
 from .driver import OPERATORS, Job, fault_rules, plan_jobs
@@ -128,12 +135,12 @@ async def run_triggers(pairs: list[tuple[Job, ExecutionTrigger]], rng: random.Ra
     async def run(job: Job, trigger: ExecutionTrigger) -> None:
         trigger_id = next(ids)
         runner.triggers[trigger_id] = {"name": job.tag, "events": 0}
-        task = asyncio.create_task(runner.run_trigger(trigger_id, trigger))
+        task = asyncio.create_task(runner.run_trigger(trigger_id, prepare_trigger(trigger)))
         if job.plan in ("kill", "restart"):
             await asyncio.sleep(rng.uniform(0.1, 1.0))
             if not task.done():
                 # A user kill carries the triggerer's message (then on_kill cancels); a shutdown carries none.
-                task.cancel(_USER_ACTION_CANCEL_MSG if job.plan == "kill" else None)
+                task.cancel(USER_ACTION_CANCEL_MSG if job.plan == "kill" else None)
                 job.killed = job.plan == "kill"
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -141,7 +148,7 @@ async def run_triggers(pairs: list[tuple[Job, ExecutionTrigger]], rng: random.Ra
             job.plan = "restarted"
             await run(job, ExecutionTrigger(**trigger.serialize()[1]))
             return
-        job.events += [e.event.payload for e in runner.events if e.trigger_id == trigger_id]
+        job.events += [payload for tid, payload in fired_events(runner) if tid == trigger_id]
 
     await asyncio.wait_for(asyncio.gather(*(run(job, trigger) for job, trigger in pairs)), 90)
 
@@ -195,6 +202,7 @@ def verdict(job: Job, records: list[dict]) -> str:
     return ""
 
 
+@requires_trigger_on_kill  # a share of its deferred jobs is killed the 3.3+ way
 @pytest.mark.timeout(300)
 def test_fault_soak(soak_emulator: EmulatorProcess) -> None:
     rng = random.Random(20261123)

@@ -22,6 +22,7 @@ from airflow_provider_cancel.core.trigger import ExecutionTrigger
 from airflow_provider_cancel.emulator.testing import EmulatorProcess, operator_args
 from airflow_provider_cancel.vendors.dune import DuneHook, DuneRunQueryOperator
 from airflow_provider_cancel.vendors.izieroma import IzieromaHook, IzieromaRunOperator
+from tests.airflow_compat import fired_events, prepare_trigger
 
 from ..integration.conftest import FakeTI, make_context
 
@@ -55,10 +56,10 @@ async def run_triggers(triggers: list[ExecutionTrigger]) -> list[dict]:
     runner = TriggerRunner()
     for i in range(len(triggers)):
         runner.triggers[i] = {"name": f"rate-{i}", "events": 0}
-    tasks = [asyncio.create_task(runner.run_trigger(i, t)) for i, t in enumerate(triggers)]
+    tasks = [asyncio.create_task(runner.run_trigger(i, prepare_trigger(t))) for i, t in enumerate(triggers)]
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(asyncio.gather(*tasks), 120)
-    by_id = {entry.trigger_id: entry.event.payload for entry in runner.events}
+    by_id = dict(fired_events(runner))
     return [by_id.get(i, {}) for i in range(len(triggers))]
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow.dag_processing.dagbag import DagBag
 
 from airflow_provider_cancel.core.operator import ExecutionOperator
 from airflow_provider_cancel.core.sensor import ExecutionSensor
 from airflow_provider_cancel.registry import CONN_TYPES
+from tests.airflow_compat import DagBag, dag_bag
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_dags"
 VENDORS = CONN_TYPES
@@ -18,7 +18,7 @@ VENDORS = CONN_TYPES
 
 @pytest.fixture(scope="module")
 def dagbag() -> DagBag:
-    return DagBag(dag_folder=str(EXAMPLES))
+    return dag_bag(str(EXAMPLES))
 
 
 def test_every_example_parses(dagbag):

@@ -8,7 +8,6 @@ from datetime import datetime
 
 import pytest
 from airflow.sdk import DAG
-from airflow.serialization.serialized_objects import DagSerialization
 
 from airflow_provider_cancel.core.docs import documented_params
 from airflow_provider_cancel.core.operator import ExecutionOperator
@@ -18,6 +17,7 @@ from airflow_provider_cancel.vendors.bctrl import BctrlInvocationSensor, BctrlIn
 from airflow_provider_cancel.vendors.dune import DuneExecutionSensor, DuneRunQueryOperator
 from airflow_provider_cancel.vendors.izieroma import IzieromaExecutionSensor, IzieromaRunOperator
 from airflow_provider_cancel.vendors.meibel import MeibelBatchExecutionSensor, MeibelRunBatchOperator
+from tests.airflow_compat import DagSerialization
 
 # One valid set of arguments per class: enough to build the task.
 OPERATORS = {
