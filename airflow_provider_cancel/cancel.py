@@ -132,9 +132,11 @@ class CancelExecutionOperator(BaseOperator):
         schedule = PollSchedule(self.poll_interval, max(self.poll_interval, 30.0))
         started = time.monotonic()
         states: dict[str, str] = {}
+        rate_limit = None
         while True:
             for execution_id in [i for i in ids if i not in states]:
                 status = hook.get_status(execution_id)
+                rate_limit = status.rate_limit
                 if status.state.is_terminal or not self.wait_for_termination:
                     states[execution_id] = status.state.value
             if len(states) == len(ids):
@@ -146,7 +148,7 @@ class CancelExecutionOperator(BaseOperator):
                     f"{hook.vendor} executions {still} still not ended {format_duration(elapsed)} "
                     "after their cancel was requested"
                 )
-            delay = min(schedule.delay(elapsed, hook.client.rate_limit), self.termination_timeout - elapsed)
+            delay = min(schedule.delay(elapsed, rate_limit), self.termination_timeout - elapsed)
             if self._killed.wait(delay):
                 raise ExecutionKilled(
                     f"Task killed while waiting for {hook.vendor} executions {still} to end; "

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow_provider_cancel.core.http import RateLimit
 
 
 class ProviderConfigError(AirflowException):
@@ -24,6 +29,7 @@ class ExecutionApiError(AirflowException):
         request_id: str | None = None,
         retry_after: float | None = None,
         conn_id: str | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         self.vendor = vendor
         self.conn_id = conn_id
@@ -34,6 +40,7 @@ class ExecutionApiError(AirflowException):
         self.code = code
         self.request_id = request_id
         self.retry_after = retry_after
+        self.rate_limit = rate_limit  # what the error answer's headers said about our budget, if it had any
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -57,7 +64,8 @@ def _rebuild_api_error(state: dict) -> ExecutionApiError:
 
 
 _API_ERROR_FIELDS = (
-    "vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after", "conn_id"
+    "vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after", "conn_id",
+    "rate_limit",
 )
 
 

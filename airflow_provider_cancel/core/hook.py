@@ -7,6 +7,7 @@ goes through `ApiClient`, so retries, timeouts, errors and secrets are handled i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import re
 import urllib.parse
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
 from airflow_provider_cancel.core.http import (
     NO_RETRY,
+    Answer,
     ApiCall,
     ApiClient,
     ClientTimeouts,
@@ -28,6 +30,7 @@ from airflow_provider_cancel.core.http import (
 from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
 
 Model = TypeVar("Model", bound=BaseModel)
+HookT = TypeVar("HookT", bound="ExecutionHook")
 MAX_ID_LENGTH = 200
 
 
@@ -223,13 +226,18 @@ class ExecutionHook(BaseHook):
         return value
 
     def get_status(self, execution_id: str) -> ExecutionStatus:
+        """The execution's status, with what the answer said about our rate budget (`status.rate_limit`)."""
         call = self.status_call(self.validate_execution_id(execution_id))
-        return self.parse_status(execution_id, self.client.request(call), call)
+        return self._status(execution_id, call, self.client.send(call))
 
     async def aget_status(self, execution_id: str) -> ExecutionStatus:
         call = self.status_call(self.validate_execution_id(execution_id))
         client = await self.aclient()
-        return self.parse_status(execution_id, await client.arequest(call), call)
+        return self._status(execution_id, call, await client.asend(call))
+
+    def _status(self, execution_id: str, call: ApiCall, answer: Answer) -> ExecutionStatus:
+        status = self.parse_status(execution_id, answer.body, call)
+        return dataclasses.replace(status, rate_limit=answer.rate_limit)
 
     def cancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
         call = self.cancel_call(self.validate_execution_id(execution_id))
@@ -250,6 +258,17 @@ class ExecutionHook(BaseHook):
         if outcome is None:
             raise err
         return outcome
+
+    def close(self) -> None:
+        """Close this hook's sync connections (the async ones are shared per event loop). It can be used again."""
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self: HookT) -> HookT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def test_connection(self) -> tuple[bool, str]:
         """The UI's Test button: one quick authenticated request, no retries, an answer a person can act on."""

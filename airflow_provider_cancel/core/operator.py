@@ -243,19 +243,22 @@ class ExecutionOperator(BaseOperator):
         schedule = PollSchedule(self.poll_interval, self.max_poll_interval)
         progress = ProgressLog(hook.vendor, self.execution_id)
         started = time.monotonic()
+        rate_limit = status.rate_limit if status is not None else None
         while True:
             self._raise_if_killed()
             if status is None:
                 try:
                     status = hook.get_status(self.execution_id)
+                    rate_limit = status.rate_limit
                 except Exception as err:
                     # Never give up on a running execution over transient errors: the deadline decides.
                     if not is_transient(err):
                         raise
+                    rate_limit = getattr(err, "rate_limit", None)
                     self.log.warning("Could not read the status (%s); will try again", err)
             self._raise_if_killed()
             elapsed = time.monotonic() - started
-            delay = schedule.delay(elapsed, hook.client.rate_limit)
+            delay = schedule.delay(elapsed, rate_limit)
             if status is not None:
                 if line := progress.line(status, elapsed, delay):
                     self.log.info("%s", line)
@@ -443,7 +446,7 @@ class ExecutionOperator(BaseOperator):
                 self.log.info("The earlier %s execution %s has stopped (%s)", hook.vendor, execution_id,
                               status.vendor_status)
                 return
-            self._sleep(schedule.delay(elapsed, hook.client.rate_limit))
+            self._sleep(schedule.delay(elapsed, status.rate_limit))
         self.log.warning("The earlier %s execution %s is still stopping after %s; starting anyway", hook.vendor,
                          execution_id, format_duration(STOP_WAIT))
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from airflow_provider_cancel.core.http import RateLimit
 
 
 class ExecutionState(str, enum.Enum):
@@ -49,6 +52,8 @@ class ExecutionStatus:
     error: str | None = None
     # The raw, parsed status payload, for result extraction by the same adapter.
     payload: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What the answer's headers said about our request budget (set by the hook, not the adapter).
+    rate_limit: RateLimit | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
         text = f"{self.state.value} ({self.vendor_status})"

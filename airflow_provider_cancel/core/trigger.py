@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from airflow_provider_cancel.core.errors import ExecutionApiError
 from airflow_provider_cancel.core.hook import CancelOutcome, ExecutionHook
-from airflow_provider_cancel.core.http import RetryPolicy, is_transient
+from airflow_provider_cancel.core.http import RateLimit, RetryPolicy, is_transient
 from airflow_provider_cancel.core.poll import PollSchedule
 from airflow_provider_cancel.core.state import ExecutionState
 
@@ -136,6 +136,7 @@ class ExecutionTrigger(BaseTrigger):
         not_before = time.monotonic() + EARLIEST_EVENT
         event: TriggerEvent | None
         seen: str | None
+        rate_limit: RateLimit | None
         try:
             while True:
                 if self.deadline is not None and time.time() >= self.deadline:
@@ -143,7 +144,7 @@ class ExecutionTrigger(BaseTrigger):
                     seen = None
                     event = self._event("timeout", cancel_result=result, message=f"{name} passed its deadline")
                 else:
-                    event, seen = await self._poll(hook, name)
+                    event, seen, rate_limit = await self._poll(hook, name)
                 if event is not None:
                     await asyncio.sleep(not_before - time.monotonic())  # EARLIEST_EVENT; at once when negative
                     yield event
@@ -151,8 +152,7 @@ class ExecutionTrigger(BaseTrigger):
                 if seen is not None and seen != last_seen:
                     last_seen = seen
                     self.log.info("%s: %s", name, seen)
-                client = await hook.aclient()
-                delay = schedule.delay(time.time() - self.started_at, client.rate_limit)
+                delay = schedule.delay(time.time() - self.started_at, rate_limit)
                 if self.deadline is not None:
                     delay = min(delay, max(0.0, self.deadline - time.time()))
                 await asyncio.sleep(delay)
@@ -162,19 +162,22 @@ class ExecutionTrigger(BaseTrigger):
                 await self._cancel("the deferred task was killed (legacy path)")
             raise  # never swallow: Airflow 3.3 calls on_kill only after this propagates
 
-    async def _poll(self, hook: ExecutionHook, name: str) -> tuple[TriggerEvent | None, str | None]:
+    async def _poll(
+        self, hook: ExecutionHook, name: str
+    ) -> tuple[TriggerEvent | None, str | None, RateLimit | None]:
         """One status read: (the event that ends the wait, or None; the status line, or None after a transient
-        error). A method of its own so the status and its payload are not kept through the sleep that follows."""
+        error; the answer's rate limit). A method of its own so the status and its payload are not kept through
+        the sleep that follows."""
         try:
             status = await hook.aget_status(self.execution_id)
         except Exception as err:
             if not is_transient(err):
-                return self._event("error", message=str(err)), None
+                return self._event("error", message=str(err)), None, None
             self.log.warning("Could not read the status of %s (%s); will try again", name, err)
-            return None, None
+            return None, None, getattr(err, "rate_limit", None)
         if status.state.is_terminal:
-            return self._event("terminal", state=status.state, vendor_status=status.vendor_status), None
-        return None, status.describe()
+            return self._event("terminal", state=status.state, vendor_status=status.vendor_status), None, None
+        return None, status.describe(), status.rate_limit
 
     async def on_kill(self) -> None:
         """Airflow 3.3+: a user marked the deferred task failed/success or cleared it."""
