@@ -225,31 +225,38 @@ class ExecutionHook(BaseHook):
             raise ProviderConfigError(f"{short_repr(value)} is not a valid {self.vendor} execution id{expected}")
         return value
 
-    def get_status(self, execution_id: str) -> ExecutionStatus:
-        """The execution's status, with what the answer said about our rate budget (`status.rate_limit`)."""
-        call = self.status_call(self.validate_execution_id(execution_id))
-        return self._status(execution_id, call, self.client.send(call))
+    def get_status(self, execution_id: str, *, deadline: float | None = None) -> ExecutionStatus:
+        """The execution's status, with what the answer said about our rate budget (`status.rate_limit`).
 
-    async def aget_status(self, execution_id: str) -> ExecutionStatus:
+        `deadline` (a `time.monotonic()` instant) bounds the whole read, retries included."""
+        call = self.status_call(self.validate_execution_id(execution_id))
+        return self._status(execution_id, call, self.client.send(call, deadline=deadline))
+
+    async def aget_status(self, execution_id: str, *, deadline: float | None = None) -> ExecutionStatus:
         call = self.status_call(self.validate_execution_id(execution_id))
         client = await self.aclient()
-        return self._status(execution_id, call, await client.asend(call))
+        return self._status(execution_id, call, await client.asend(call, deadline=deadline))
 
     def _status(self, execution_id: str, call: ApiCall, answer: Answer) -> ExecutionStatus:
         status = self.parse_status(execution_id, answer.body, call)
         return dataclasses.replace(status, rate_limit=answer.rate_limit)
 
-    def cancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+    def cancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
+        """Ask the vendor to cancel; `deadline` (a `time.monotonic()` instant) bounds it, retries included."""
         call = self.cancel_call(self.validate_execution_id(execution_id))
         try:
-            return self.cancel_outcome((client or self.client).request(call))
+            return self.cancel_outcome((client or self.client).request(call, deadline=deadline))
         except ExecutionApiError as err:
             return self._cancel_error(err)
 
-    async def acancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+    async def acancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
         call = self.cancel_call(self.validate_execution_id(execution_id))
         try:
-            return self.cancel_outcome(await (client or await self.aclient()).arequest(call))
+            return self.cancel_outcome(await (client or await self.aclient()).arequest(call, deadline=deadline))
         except ExecutionApiError as err:
             return self._cancel_error(err)
 

@@ -343,8 +343,8 @@ class B3osHook(ExecutionHook):
         call = self.run_call(self.validate_execution_id(run_id), summary=summary, node_ids=node_ids)
         return parse_model(Run, self.call_api(call), vendor=self.vendor, call=call)
 
-    def get_status(self, execution_id: str) -> ExecutionStatus:
-        status = super().get_status(execution_id)
+    def get_status(self, execution_id: str, *, deadline: float | None = None) -> ExecutionStatus:
+        status = super().get_status(execution_id, deadline=deadline)
         if status.state is S.FAILED and status.payload.get("executionState") is None:
             # A summary read has no node states: read the run once in full to name the nodes that failed.
             try:

@@ -25,7 +25,7 @@ from airflow_provider_cancel.core.http._config import (
     RetryPolicy,
 )
 from airflow_provider_cancel.core.http._errorbody import parse_error_body
-from airflow_provider_cancel.core.http._models import Answer, ApiCall, Received, ResponseLike
+from airflow_provider_cancel.core.http._models import Answer, ApiCall, DeadlineExceeded, Received, ResponseLike
 from airflow_provider_cancel.core.http._ratelimit import RateLimit, parse_rate_limit, parse_retry_after
 from airflow_provider_cancel.core.http._transports import tls_context
 from airflow_provider_cancel.core.http._transports.aiohttp_async import shared_async_session
@@ -40,6 +40,7 @@ __all__ = [
     "ApiCall",
     "ApiClient",
     "ClientTimeouts",
+    "DeadlineExceeded",
     "RateLimit",
     "Received",
     "ResponseLike",

@@ -25,7 +25,7 @@ from airflow_provider_cancel.core.errors import ExecutionApiError
 from airflow_provider_cancel.core.http._answer import ErrorParser, read_answer
 from airflow_provider_cancel.core.http._config import RETRYABLE_STATUS, ClientTimeouts, RetryPolicy
 from airflow_provider_cancel.core.http._errorbody import parse_error_body
-from airflow_provider_cancel.core.http._models import Answer, ApiCall, ResponseLike
+from airflow_provider_cancel.core.http._models import Answer, ApiCall, DeadlineExceeded, ResponseLike
 from airflow_provider_cancel.core.http._transports.aiohttp_async import AsyncTransport
 from airflow_provider_cancel.core.http._transports.httpx_sync import SyncTransport
 
@@ -98,19 +98,20 @@ class ApiClient:
             self._sync = None
 
     # -- sync ------------------------------------------------------------------------------------------
-    def request(self, call: ApiCall) -> Any:
+    def request(self, call: ApiCall, *, deadline: float | None = None) -> Any:
         """The parsed body of the answer to `call`."""
-        return self.send(call).body
+        return self.send(call, deadline=deadline).body
 
-    def send(self, call: ApiCall) -> Answer:
-        """The answer to `call` (body and rate limit), after the retries the policy allows."""
-        attempts = _Attempts(self, call)
+    def send(self, call: ApiCall, *, deadline: float | None = None) -> Answer:
+        """The answer to `call` (body and rate limit), after the retries the policy allows, all of it over by
+        `deadline` (a `time.monotonic()` instant; default: `retry.give_up_after` from now, if set)."""
+        attempts = _Attempts(self, call, deadline)
         while True:
             try:
                 with self._naming(call):
                     if self._sync is None:
                         self._sync = SyncTransport(self.base_url, self.timeouts)
-                    return self._read(call, self._sync.send(call, self._headers(call)))
+                    return self._read(call, self._sync.send(call, self._headers(call), attempts.deadline()))
             except Exception as exc:
                 delay = attempts.retry_delay(exc)
                 if delay is None:
@@ -118,19 +119,19 @@ class ApiClient:
             self.sleep(delay)
 
     # -- async -----------------------------------------------------------------------------------------
-    async def arequest(self, call: ApiCall) -> Any:
+    async def arequest(self, call: ApiCall, *, deadline: float | None = None) -> Any:
         """The parsed body of the answer to `call`."""
-        return (await self.asend(call)).body
+        return (await self.asend(call, deadline=deadline)).body
 
-    async def asend(self, call: ApiCall) -> Answer:
-        """The answer to `call` (body and rate limit), after the retries the policy allows."""
-        attempts = _Attempts(self, call)
+    async def asend(self, call: ApiCall, *, deadline: float | None = None) -> Answer:
+        """`send`, for an event loop."""
+        attempts = _Attempts(self, call, deadline)
         while True:
             try:
                 with self._naming(call):
                     if self._async is None:
                         self._async = AsyncTransport(self.base_url, self.timeouts)
-                    return self._read(call, await self._async.send(call, self._headers(call)))
+                    return self._read(call, await self._async.send(call, self._headers(call), attempts.deadline()))
             except Exception as exc:
                 delay = attempts.retry_delay(exc)
                 if delay is None:
@@ -151,26 +152,53 @@ class ApiClient:
         try:
             yield
         except httpx.TransportError as err:
-            connection = f" (connection {self.conn_id!r})" if self.conn_id else ""
-            err.add_note(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}")
+            self._note(err, call)
             raise
+
+    def _note(self, err: BaseException, call: ApiCall) -> None:
+        connection = f" (connection {self.conn_id!r})" if self.conn_id else ""
+        err.add_note(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}")
 
 
 class _Attempts:
-    """The retry decisions for one request: after a failed attempt, wait how long, or give up?"""
+    """The retry decisions for one request: its deadline, and after a failed attempt, wait how long or give up?"""
 
-    __slots__ = ("_call", "_client", "_number", "_started")
+    __slots__ = ("_call", "_client", "_deadline", "_number", "_started")
 
-    def __init__(self, client: ApiClient, call: ApiCall) -> None:
+    def __init__(self, client: ApiClient, call: ApiCall, deadline: float | None) -> None:
         self._client, self._call = client, call
         self._number, self._started = 1, time.monotonic()
+        budget = client.retry.give_up_after
+        if budget is not None:
+            deadline = min(deadline, self._started + budget) if deadline is not None else self._started + budget
+        self._deadline = deadline
+
+    def deadline(self) -> float | None:
+        """The deadline of the next attempt; DeadlineExceeded when none is left (nothing is sent then)."""
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            raise self._exceeded()
+        return self._deadline
+
+    def _exceeded(self) -> DeadlineExceeded:
+        tries = f"{self._number} attempt{'s' if self._number > 1 else ''}"
+        exceeded = DeadlineExceeded(
+            f"{self._client.vendor} {self._call.method} {self._call.path}: no answer by the request's deadline "
+            f"(after {time.monotonic() - self._started:.1f}s and {tries})"
+        )
+        self._client._note(exceeded, self._call)
+        return exceeded
 
     def retry_delay(self, exc: Exception) -> float | None:
-        """Seconds to wait before sending the call again; None: give up.
+        """Seconds to wait before sending the call again; None: give up (DeadlineExceeded: out of time).
 
         Retry-After when the vendor sent one, else exponential back-off plus jitter of up to the back-off itself
-        (at most 1 s), so clients that failed together do not come back together."""
+        (at most 1 s), so clients that failed together do not come back together. No wait ends past the deadline."""
         client, call, attempt = self._client, self._call, self._number
+        now = time.monotonic()
+        if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, DeadlineExceeded) and (
+            self._deadline is not None and now >= self._deadline
+        ):
+            raise self._exceeded() from exc
         policy = client.retry
         if attempt >= policy.max_attempts or not is_transient(exc, retry_safe=call.retry_safe):
             return None
@@ -180,8 +208,7 @@ class _Attempts:
         else:
             backoff = policy.initial_backoff * 2 ** (attempt - 1)
             delay = min(backoff + random.uniform(0, min(backoff, 1.0)), policy.max_backoff)
-        elapsed = time.monotonic() - self._started
-        if policy.give_up_after is not None and elapsed + delay > policy.give_up_after:
+        if self._deadline is not None and now + delay >= self._deadline:
             return None
         log.warning(
             "%s %s %s failed (attempt %d/%d): %s; retrying in %.1fs",

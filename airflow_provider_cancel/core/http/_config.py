@@ -23,7 +23,8 @@ class RetryPolicy:
     initial_backoff: float = 1.0
     max_backoff: float = 30.0
     max_retry_after: float = 300.0
-    # Seconds from the first attempt: no retry is sent after this (a kill's cancel has ~5 s before SIGKILL).
+    # The request's whole time budget, in seconds from its first attempt, when the caller gives no deadline:
+    # no attempt runs and no back-off sleeps past it (a kill's cancel has ~5 s before SIGKILL).
     give_up_after: float | None = None
 
     def to_dict(self) -> dict[str, float]:
@@ -39,5 +40,14 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 @dataclass(frozen=True)
 class ClientTimeouts:
-    connect: float = 10.0
-    read: float = 30.0
+    """Per phase of one attempt; a request's deadline shortens them all to what is left of it."""
+
+    connect: float = 10.0  # to open the connection (and wait for a pooled one)
+    read: float = 30.0  # between two reads of the answer
+    # One attempt, end to end, whatever the server does (a drip of one byte per second passes every read
+    # timeout). None: connect + 2 x read.
+    total: float | None = None
+
+    @property
+    def attempt(self) -> float:
+        return self.total if self.total is not None else self.connect + 2 * self.read

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
+
 from airflow_provider_cancel.core.http._ratelimit import RateLimit
 
 
@@ -56,3 +58,8 @@ class Answer:
 
     body: Any
     rate_limit: RateLimit
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """A request that had no usable answer by its deadline. A timeout like any other (retried by the waiter, not
+    by the client: there is no time left), whose message says which request and which deadline."""

@@ -9,6 +9,7 @@ retries and callers see one error vocabulary on both paths. The sessions are clo
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -29,7 +30,9 @@ class AsyncTransport:
         self._timeout: Any = None  # aiohttp.ClientTimeout, built on first use
         self._urls: dict[str, Any] = {}  # path -> yarl.URL: a trigger polls one path thousands of times
 
-    async def send(self, call: ApiCall, headers: Mapping[str, str]) -> Received:
+    async def send(self, call: ApiCall, headers: Mapping[str, str], deadline: float | None) -> Received:
+        """One attempt, over by `deadline` (monotonic) or the attempt's own limit, whichever comes first."""
+        timeout = self._client_timeout(deadline)
         session = await shared_async_session(self.base_url)
         try:
             async with session.request(
@@ -39,7 +42,7 @@ class AsyncTransport:
                 json=call.json,
                 headers=headers,
                 allow_redirects=False,
-                timeout=self._client_timeout(),
+                timeout=timeout,
             ) as response:
                 return Received(response.status, response.headers, await response.read(), response.reason or "")
         except Exception as exc:
@@ -48,16 +51,24 @@ class AsyncTransport:
                 raise
             raise mapped from exc
 
-    def _client_timeout(self) -> Any:
-        if self._timeout is None:
-            import aiohttp
+    def _client_timeout(self, deadline: float | None) -> Any:
+        """What the same settings mean in httpx: pool wait = read timeout, then connect, then read; `total` holds
+        the attempt to its deadline (the same one for every attempt without a closer request deadline)."""
+        import aiohttp
 
-            # What the same settings mean in httpx: pool wait = read timeout, then connect, then read.
-            t = self._timeouts
-            self._timeout = aiohttp.ClientTimeout(
-                total=None, connect=t.read, sock_connect=t.connect, sock_read=t.read
-            )
-        return self._timeout
+        t = self._timeouts
+        left = t.attempt if deadline is None else min(t.attempt, deadline - time.monotonic())
+        if left <= 0:  # aiohttp reads a total of 0 as "no limit"
+            raise httpx.ConnectTimeout("the request's deadline passed")
+        if left >= t.attempt:
+            if self._timeout is None:
+                self._timeout = aiohttp.ClientTimeout(
+                    total=t.attempt, connect=t.read, sock_connect=t.connect, sock_read=t.read
+                )
+            return self._timeout
+        # Exactly at the deadline: aiohttp rounds timeouts above ceil_threshold up to the next whole second.
+        return aiohttp.ClientTimeout(total=left, connect=min(t.read, left), sock_connect=min(t.connect, left),
+                                     sock_read=min(t.read, left), ceil_threshold=left + 1)
 
     def _url(self, path: str) -> Any:
         url = self._urls.get(path)
