@@ -3,6 +3,7 @@
 answer. Nothing may be left unbounded, unowned or leaked.
 
 - time: every request ends by its deadline, whatever the server drips; the kill paths keep their budgets;
+- size: a body over the limit is refused by its Content-Length before it is read, or once the limit is reached;
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import time
 import pytest
 from airflow.sdk.module_loading import import_string
 
+from airflow_provider_cancel.core import http
+from airflow_provider_cancel.core.errors import ExecutionApiError
 from airflow_provider_cancel.core.hook import ExecutionHook
-from airflow_provider_cancel.core.http import DeadlineExceeded
+from airflow_provider_cancel.core.http import MAX_RESPONSE_BYTES, DeadlineExceeded
 from airflow_provider_cancel.core.operator import KILL_RETRY, ExecutionOperator
 from airflow_provider_cancel.core.trigger import CANCEL_RETRY, ExecutionTrigger
 from airflow_provider_cancel.registry import BY_CONN_TYPE
@@ -144,3 +147,51 @@ def _operator_args(vendor: str) -> dict:
     from airflow_provider_cancel.emulator.testing import operator_args
 
     return operator_args(vendor, "forever")
+
+
+# -- size: bodies that are huge or never end ---------------------------------------------------------------------
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_huge_declared_body_is_refused_before_it_is_read_on_both_paths(server, vendor):
+    server.reply = lambda request: Reply(body=b'{"padding": "', declared_length=600 * MiB)
+    for outcome in (await asyncio.to_thread(timed, hook(vendor).get_status, execution_id(vendor)),
+                    await atimed(hook(vendor).aget_status, execution_id(vendor))):
+        error = outcome[0]
+        assert isinstance(error, ExecutionApiError), error
+        assert error.status_code == 200 and "response of 629,145,600 bytes is over the 67,108,864-byte limit" in str(
+            error)
+    assert len(server.requests) == 2  # refused, not asked for again
+    assert server.sent_bytes < MAX_RESPONSE_BYTES  # what the kernel buffered before the client hung up
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_an_endless_chunked_body_is_cut_at_the_limit_on_both_paths(server, vendor, monkeypatch):
+    monkeypatch.setattr(http._config, "MAX_RESPONSE_BYTES", 1 * MiB)
+    server.reply = lambda request: Reply(body=b'{"padding": "', chunked=True)  # never ends
+    for outcome in (await asyncio.to_thread(timed, hook(vendor).get_status, execution_id(vendor)),
+                    await atimed(hook(vendor).aget_status, execution_id(vendor))):
+        error = outcome[0]
+        assert isinstance(error, ExecutionApiError), error
+        assert error.status_code == 200 and "response is over the 1,048,576-byte limit of this provider" in str(error)
+    assert len(server.requests) == 2
+
+
+async def test_a_chunked_body_of_1_5_gib_is_cut_at_the_real_limit_on_both_paths(server):
+    """The real 64 MiB limit (memory growth for this case is measured by benchmarks/huge_answers.py)."""
+    server.reply = lambda request: Reply(body=b'{"padding": "', chunked=True, chunked_total=1536 * MiB)
+    for outcome in (await asyncio.to_thread(timed, hook("dune").get_status, execution_id("dune")),
+                    await atimed(hook("dune").aget_status, execution_id("dune"))):
+        assert isinstance(outcome[0], ExecutionApiError) and "over the 67,108,864-byte limit" in str(outcome[0])
+    assert server.sent_bytes < 3 * MAX_RESPONSE_BYTES  # both paths stopped reading at the limit
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_huge_error_answer_keeps_its_status(server, vendor):
+    """A 503 whose body is too large is still a 503: a read is retried, the body is never read."""
+    server.reply = lambda request: Reply(503, body=b"<html>", declared_length=600 * MiB)
+    error, _ = await atimed(HOOKS[vendor](f"{vendor}_hostile", retry=http.NO_RETRY).aget_status,
+                            execution_id(vendor))
+    assert isinstance(error, ExecutionApiError) and error.status_code == 503, error
+    assert "error response of 629,145,600 bytes is over the" in str(error)

@@ -7,9 +7,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from airflow_provider_cancel.core.errors import ExecutionApiError
-from airflow_provider_cancel.core.http import _config
 from airflow_provider_cancel.core.http._models import Answer, ApiCall, ResponseLike
 from airflow_provider_cancel.core.http._ratelimit import parse_rate_limit, parse_retry_after
+from airflow_provider_cancel.core.http._transports import ResponseTooLarge
 
 ErrorParser = Callable[[Any], tuple[str | None, str | None, str | None]]
 
@@ -41,12 +41,6 @@ def read_answer(
         )
     if not content:
         return Answer({}, rate_limit)
-    limit = _config.MAX_RESPONSE_BYTES
-    if len(content) > limit:
-        raise error(  # a 200: not transient, retrying would fetch the same oversized body
-            status, f"response of {len(content):,} bytes is over the {limit:,}-byte limit of this provider",
-            request_id=request_id_of(headers),
-        )
     try:
         return Answer(json.loads(content), rate_limit)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -74,3 +68,15 @@ def snippet(text: str, limit: int = 200) -> str:
 
 def request_id_of(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-request-id") or headers.get("x-bctrl-request-id")
+
+
+def too_large(call: ApiCall, refused: ResponseTooLarge, *, vendor: str, conn_id: str | None) -> ExecutionApiError:
+    """The error for an answer refused for its size. Its HTTP status stands: a 200 is not transient (asking again
+    would fetch the same oversized body), a 503 still is."""
+    size = f" of {refused.size:,} bytes" if refused.size is not None else ""
+    what = "response" if refused.status_code < 400 else "error response"
+    return ExecutionApiError(
+        vendor=vendor, method=call.method, path=call.path, status_code=refused.status_code, conn_id=conn_id,
+        message=f"{what}{size} is over the {refused.limit:,}-byte limit of this provider (not read)",
+        request_id=request_id_of(refused.headers), rate_limit=parse_rate_limit(refused.headers),
+    )

@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 
 from airflow_provider_cancel.core.errors import ExecutionApiError
-from airflow_provider_cancel.core.http._answer import ErrorParser, read_answer
+from airflow_provider_cancel.core.http._answer import ErrorParser, read_answer, too_large
 from airflow_provider_cancel.core.http._config import RETRYABLE_STATUS, ClientTimeouts, RetryPolicy
 from airflow_provider_cancel.core.http._errorbody import parse_error_body
 from airflow_provider_cancel.core.http._models import Answer, ApiCall, DeadlineExceeded, ResponseLike
+from airflow_provider_cancel.core.http._transports import ResponseTooLarge
 from airflow_provider_cancel.core.http._transports.aiohttp_async import AsyncTransport
 from airflow_provider_cancel.core.http._transports.httpx_sync import SyncTransport
 
@@ -148,12 +149,15 @@ class ApiClient:
     @contextlib.contextmanager
     def _naming(self, call: ApiCall) -> Iterator[None]:
         """A transport error (bad host, refused, timed out) keeps its type, which retry decisions rely on, and
-        gains a note naming the request and the connection."""
+        gains a note naming the request and the connection; an answer refused for its size becomes the error that
+        says so."""
         try:
             yield
         except httpx.TransportError as err:
             self._note(err, call)
             raise
+        except ResponseTooLarge as refused:
+            raise too_large(call, refused, vendor=self.vendor, conn_id=self.conn_id) from None
 
     def _note(self, err: BaseException, call: ApiCall) -> None:
         connection = f" (connection {self.conn_id!r})" if self.conn_id else ""

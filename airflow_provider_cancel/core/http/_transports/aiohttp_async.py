@@ -17,7 +17,7 @@ import httpx
 
 from airflow_provider_cancel.core.http._config import USER_AGENT, ClientTimeouts
 from airflow_provider_cancel.core.http._models import ApiCall, Received
-from airflow_provider_cancel.core.http._transports import tls_context
+from airflow_provider_cancel.core.http._transports import Body, ResponseTooLarge, tls_context
 
 # One loop may poll thousands of executions on one API: allow many parallel connections.
 ASYNC_LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=60)
@@ -44,7 +44,14 @@ class AsyncTransport:
                 allow_redirects=False,
                 timeout=timeout,
             ) as response:
-                return Received(response.status, response.headers, await response.read(), response.reason or "")
+                try:
+                    body = Body(response.status, response.headers)
+                    async for chunk in response.content.iter_any():
+                        body.add(chunk)
+                except ResponseTooLarge:
+                    response.close()  # not released to the pool with the rest of the body still coming
+                    raise
+                return Received(response.status, response.headers, body.content(), response.reason or "")
         except Exception as exc:
             mapped = _httpx_error(exc)
             if mapped is None:

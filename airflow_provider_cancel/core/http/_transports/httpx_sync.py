@@ -1,4 +1,5 @@
-"""The sync transport: one httpx.Client per ApiClient, redirects never followed, every attempt held to its deadline.
+"""The sync transport: one httpx.Client per ApiClient, redirects never followed, bodies read in bounded chunks, every
+attempt held to its deadline.
 
 httpx's read timeout applies to each read, so a server that drips its answer one byte at a time would hold a
 request forever. Here every socket operation (connect, TLS handshake, each write and each read) gets at most what
@@ -17,7 +18,7 @@ import httpx
 
 from airflow_provider_cancel.core.http._config import USER_AGENT, ClientTimeouts
 from airflow_provider_cancel.core.http._models import ApiCall, Received
-from airflow_provider_cancel.core.http._transports import tls_context
+from airflow_provider_cancel.core.http._transports import Body, tls_context
 
 # The monotonic instant the current attempt must be over by; set around each attempt, in the caller's thread.
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("attempt_deadline", default=None)
@@ -46,10 +47,17 @@ class SyncTransport:
             timeout = httpx.Timeout(min(t.read, left), connect=min(t.connect, left))
         token = _DEADLINE.set(deadline)
         try:
-            response = self._client.request(
+            request = self._client.build_request(
                 call.method, call.path, params=call.params, json=call.json, headers=headers, timeout=timeout
             )
-            return Received(response.status_code, response.headers, response.content, response.reason_phrase)
+            response = self._client.send(request, stream=True)
+            try:
+                body = Body(response.status_code, response.headers)
+                for chunk in response.iter_bytes():
+                    body.add(chunk)
+            finally:
+                response.close()  # a body not read to its end closes the connection instead of reusing it
+            return Received(response.status_code, response.headers, body.content(), response.reason_phrase)
         finally:
             _DEADLINE.reset(token)
 
