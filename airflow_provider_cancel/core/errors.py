@@ -30,6 +30,7 @@ class ExecutionApiError(AirflowException):
         retry_after: float | None = None,
         conn_id: str | None = None,
         rate_limit: RateLimit | None = None,
+        transient: bool | None = None,
     ) -> None:
         self.vendor = vendor
         self.conn_id = conn_id
@@ -41,6 +42,9 @@ class ExecutionApiError(AirflowException):
         self.request_id = request_id
         self.retry_after = retry_after
         self.rate_limit = rate_limit  # what the error answer's headers said about our budget, if it had any
+        # Whether asking again later may succeed; None: as the HTTP status says. True for an answer that came but
+        # could not be used (unreadable, about another execution): a wait goes on.
+        self.transient = transient
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -65,7 +69,7 @@ def _rebuild_api_error(state: dict) -> ExecutionApiError:
 
 _API_ERROR_FIELDS = (
     "vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after", "conn_id",
-    "rate_limit",
+    "rate_limit", "transient",
 )
 
 

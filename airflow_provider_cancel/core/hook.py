@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import logging
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from airflow_provider_cancel.core.http import (
 )
 from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
 
+log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
 HookT = TypeVar("HookT", bound="ExecutionHook")
 MAX_ID_LENGTH = 200
@@ -41,17 +43,85 @@ class CancelOutcome(str, enum.Enum):
 
 
 def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) -> Model:
-    """Validate a vendor payload; a wrong shape becomes one clear, non-retryable error naming the field."""
+    """Validate a vendor payload. Only what the model requires (the id, the state word) is strict: a wrong shape
+    there is one clear error naming the field (transient: a wait asks again). An optional field of an unexpected
+    type is dropped, with one warning per vendor and field, so that what can be read still is."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        raise ExecutionApiError(
-            vendor=vendor, method=call.method, path=call.path, status_code=200,
-            message=f"unexpected response shape ({problems})",
-        ) from None
+        errors = exc.errors()
+    if isinstance(body, Mapping):
+        for _ in range(_MAX_REPAIRS):
+            drops = _optional_parts(model, body, errors)
+            if drops is None:
+                break
+            for path in sorted(drops, reverse=True):  # the last list items first: earlier indices stay valid
+                body = _without(body, path)
+                _warn_once(vendor, model, path)
+            try:
+                return model.model_validate(body)
+            except ValidationError as exc:
+                errors = exc.errors()
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in errors[:5]
+    )
+    raise ExecutionApiError(
+        vendor=vendor, method=call.method, path=call.path, status_code=200,
+        message=f"unexpected response shape ({problems})", transient=True,
+    )
+
+
+_MAX_REPAIRS = 8  # rounds of dropping: a nested field's parent goes in the next round when it cannot do without it
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _optional_parts(model: type[BaseModel], body: Mapping[str, Any], errors: list[Any]) -> set[tuple] | None:
+    """Where in `body` each error sits, as far as the body goes (a union member's tag in the error's location is
+    not in the body); None when one of them is, or is inside, a field the model requires."""
+    paths: set[tuple] = set()
+    for err in errors:
+        loc, path, value = err["loc"], [], body
+        for part in loc:
+            if (isinstance(value, Mapping) and part in value) or (
+                isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+            ):
+                path.append(part)
+                value = value[part]
+            else:
+                break
+        if not path:
+            return None  # the body itself, or a missing field (a missing optional field is no error)
+        field = model.model_fields.get(str(path[0]))
+        if field is None or field.is_required():
+            return None
+        paths.add(tuple(path))
+    return paths or None
+
+
+def _without(value: Any, path: tuple) -> Any:
+    """A copy of `value` without the element at `path` (only the containers on the way are copied)."""
+    head, rest = path[0], path[1:]
+    if isinstance(value, Mapping):
+        copy = dict(value)
+        if rest:
+            copy[head] = _without(copy[head], rest)
+        else:
+            del copy[head]
+        return copy
+    items = list(value)
+    if rest:
+        items[head] = _without(items[head], rest)
+    else:
+        del items[head]
+    return items
+
+
+def _warn_once(vendor: str, model: type[BaseModel], path: tuple) -> None:
+    where = ".".join("[]" if isinstance(part, int) else str(part) for part in path)
+    if (vendor, model.__name__, where) not in _WARNED:
+        _WARNED.add((vendor, model.__name__, where))
+        log.warning("%s answered %s field %r with a value of an unexpected type: ignored (logged once)", vendor,
+                    model.__name__, where)
 
 
 def is_template(value: object) -> bool:
@@ -238,8 +308,24 @@ class ExecutionHook(BaseHook):
         return self._status(execution_id, call, await client.asend(call, deadline=deadline))
 
     def _status(self, execution_id: str, call: ApiCall, answer: Answer) -> ExecutionStatus:
-        status = self.parse_status(execution_id, answer.body, call)
-        return dataclasses.replace(status, rate_limit=answer.rate_limit)
+        """The adapter's reading of a status answer. One it cannot read, or one about another execution, is an
+        error a wait rides out (transient): never a crash, never another execution's state taken for ours."""
+        try:
+            status = self.parse_status(execution_id, answer.body, call)
+        except ExecutionApiError as err:
+            err.rate_limit = err.rate_limit or answer.rate_limit
+            raise
+        except Exception as err:
+            raise self._unusable(call, answer, f"unreadable status answer ({type(err).__name__}: {err})") from None
+        answered = status.execution_id
+        if answered != execution_id and not (isinstance(answered, str) and answered.lower() == execution_id.lower()):
+            raise self._unusable(call, answer, f"answer about another execution ({short_repr(answered)}, not "
+                                               f"{execution_id}): not taken for this one")
+        return dataclasses.replace(status, execution_id=execution_id, rate_limit=answer.rate_limit)
+
+    def _unusable(self, call: ApiCall, answer: Answer, message: str) -> ExecutionApiError:
+        return ExecutionApiError(vendor=self.vendor, method=call.method, path=call.path, status_code=200,
+                                 message=message, conn_id=self.conn_id, rate_limit=answer.rate_limit, transient=True)
 
     def cancel(
         self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
@@ -247,7 +333,7 @@ class ExecutionHook(BaseHook):
         """Ask the vendor to cancel; `deadline` (a `time.monotonic()` instant) bounds it, retries included."""
         call = self.cancel_call(self.validate_execution_id(execution_id))
         try:
-            return self.cancel_outcome((client or self.client).request(call, deadline=deadline))
+            return self._cancel_outcome((client or self.client).request(call, deadline=deadline))
         except ExecutionApiError as err:
             return self._cancel_error(err)
 
@@ -256,9 +342,20 @@ class ExecutionHook(BaseHook):
     ) -> CancelOutcome:
         call = self.cancel_call(self.validate_execution_id(execution_id))
         try:
-            return self.cancel_outcome(await (client or await self.aclient()).arequest(call, deadline=deadline))
+            return self._cancel_outcome(await (client or await self.aclient()).arequest(call, deadline=deadline))
         except ExecutionApiError as err:
             return self._cancel_error(err)
+
+    def _cancel_outcome(self, body: Any) -> CancelOutcome:
+        """The adapter's reading of a cancel answer (a 2xx); one it cannot read still says the cancel was taken."""
+        try:
+            return self.cancel_outcome(body)
+        except ExecutionApiError:
+            raise
+        except Exception as err:
+            self.log.warning("%s accepted a cancel with an answer that could not be read (%s: %s)", self.vendor,
+                             type(err).__name__, err)
+            return CancelOutcome.REQUESTED
 
     def _cancel_error(self, err: ExecutionApiError) -> CancelOutcome:
         outcome = self.cancel_error_outcome(err)

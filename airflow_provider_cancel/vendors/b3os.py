@@ -299,11 +299,10 @@ class B3osHook(ExecutionHook):
             if run_id is None or not is_duplicate_run_id(err):
                 raise
             return self._adopt(run_id, workflow_id, err)
-        started = parse_model(RunStarted, data, vendor=self.vendor, call=call)
-        if run_id is not None and started.runId != run_id:
-            self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started.runId, run_id,
-                             started.runId)
-        return self.trust(started.runId)
+        started = self.trust(parse_model(RunStarted, data, vendor=self.vendor, call=call).runId)
+        if run_id is not None and started != run_id:
+            self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started, run_id, started)
+        return started
 
     def _adopt(self, run_id: str, workflow_id: str | None, duplicate: ExecutionApiError) -> str:
         """Our run id is taken: an earlier attempt of this very create made the run (its answer was lost).
@@ -371,7 +370,7 @@ class B3osHook(ExecutionHook):
             error = describe_failure(run)
         elif state is S.CANCELLED and run.finishedAt:
             error = f"cancelled at {run.finishedAt}"
-        return ExecutionStatus(execution_id, state, run.status, progress=describe_progress(run), error=error,
+        return ExecutionStatus(run.id, state, run.status, progress=describe_progress(run), error=error,
                                payload=LazyPayload(run))
 
     def cancel_call(self, execution_id: str) -> ApiCall:

@@ -423,7 +423,7 @@ class BctrlHook(ExecutionHook):
             error = f"finished in an unrecognised status {invocation.status!r}"
             if detail := describe_failure(invocation):
                 error += f": {detail}"
-        return ExecutionStatus(execution_id, state, invocation.status, progress=describe_progress(invocation),
+        return ExecutionStatus(invocation.id, state, invocation.status, progress=describe_progress(invocation),
                                error=error, payload=LazyPayload(invocation))
 
     def cancel_call(self, execution_id: str) -> ApiCall:

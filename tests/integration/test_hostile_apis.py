@@ -4,13 +4,18 @@ answer. Nothing may be left unbounded, unowned or leaked.
 
 - time: every request ends by its deadline, whatever the server drips; the kill paths keep their budgets;
 - size: a body over the limit is refused by its Content-Length before it is read, or once the limit is reached;
+- reading: whatever is odd in an answer (a wrong-typed optional field, inf/nan rate-limit headers, a value nested
+  past Python's recursion limit), what can be read is: a create's id always, a status as transient when it cannot;
+  an answer about another execution is never taken for ours;
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from typing import Any
 
 import pytest
 from airflow.sdk.module_loading import import_string
@@ -18,12 +23,13 @@ from airflow.sdk.module_loading import import_string
 from airflow_provider_cancel.core import http
 from airflow_provider_cancel.core.errors import ExecutionApiError
 from airflow_provider_cancel.core.hook import ExecutionHook
-from airflow_provider_cancel.core.http import MAX_RESPONSE_BYTES, DeadlineExceeded
+from airflow_provider_cancel.core.http import MAX_RESPONSE_BYTES, DeadlineExceeded, is_transient
 from airflow_provider_cancel.core.operator import KILL_RETRY, ExecutionOperator
+from airflow_provider_cancel.core.state import ExecutionState
 from airflow_provider_cancel.core.trigger import CANCEL_RETRY, ExecutionTrigger
 from airflow_provider_cancel.registry import BY_CONN_TYPE
 
-from .conftest import API_KEY, VENDORS
+from .conftest import API_KEY, VENDORS, drive_trigger
 from .hostile import HostileServer, Reply
 
 HOOKS: dict[str, type[ExecutionHook]] = {vendor: import_string(BY_CONN_TYPE[vendor].hook_path) for vendor in VENDORS}
@@ -195,3 +201,132 @@ async def test_a_huge_error_answer_keeps_its_status(server, vendor):
                             execution_id(vendor))
     assert isinstance(error, ExecutionApiError) and error.status_code == 503, error
     assert "error response of 629,145,600 bytes is over the" in str(error)
+
+
+# -- reading: answers that are odd, but carry what we need ---------------------------------------------------------
+UUID = "5b0f6a57-4d1e-4c3a-9f0e-2d7c1b8a9e01"
+WORDS = {  # vendor -> (running, succeeded)
+    "dune": ("QUERY_STATE_EXECUTING", "QUERY_STATE_COMPLETED"), "izieroma": ("running", "completed"),
+    "bctrl": ("running", "succeeded"), "meibel": ("running", "completed"), "b3os": ("running", "success"),
+}
+ODD_FIELD = {  # vendor -> an optional field of the status answer, with a value of the wrong type
+    "dune": ("queue_position", "third"), "izieroma": ("completed_tasks", "many"), "bctrl": ("progress", "half"),
+    "meibel": ("total_items", "lots"), "b3os": ("workflowVersion", "v2"),
+}
+DEEP = 100_000  # past Python's recursion limit: json.loads alone raises RecursionError
+
+
+def status_body(vendor: str, *, done: bool = False, about: str | None = None, **extra: Any) -> Any:
+    word = WORDS[vendor][done]
+    eid = about or execution_id(vendor)
+    body = {"dune": {"execution_id": eid, "state": word}, "izieroma": {"execution_id": eid, "status": word},
+            "bctrl": {"id": eid, "status": word}, "meibel": {"id": eid, "status": word},
+            "b3os": {"id": eid, "status": word}}[vendor]
+    body.update(extra)
+    return {"code": 0, "data": body} if vendor == "b3os" else body
+
+
+def create_body(vendor: str, **extra: Any) -> Any:
+    eid = execution_id(vendor)
+    body = {"dune": {"execution_id": eid, "state": 7}, "izieroma": {"execution_id": eid, "status": 7},
+            "bctrl": {"id": eid, "status": "queued", "progress": "half"},
+            "meibel": {"execution_id": eid, "workflow_id": 7}, "b3os": {"runId": eid}}[vendor]  # 7: a wrong type
+    body.update(extra)
+    return {"code": 0, "message": 7, "data": body} if vendor == "b3os" else body
+
+
+def create(vendor: str) -> str:
+    h = hook(vendor)
+    if vendor == "dune":
+        return h.execute_sql("SELECT 1")
+    if vendor == "izieroma":
+        return h.start({"goal": "Summarise"})
+    if vendor == "bctrl":
+        return h.start_invocation({"steps": [{"call": "browser.goto"}]}, runtime_id=UUID, space_id=UUID)
+    if vendor == "meibel":
+        return h.execute_batch_definition("def-1")
+    return h.run_workflow("wf_prices", run_id=execution_id(vendor))
+
+
+def deep_json(body: Any) -> bytes:
+    """`body` with a value nested DEEP levels down added next to its fields (in B3OS's envelope)."""
+    text = json.dumps(body)
+    return (text[:-1] + ', "extra": ' + "[" * DEEP + "]" * DEEP + "}").encode()
+
+
+ODD_ANSWERS = {
+    "wrong-typed optional field": lambda vendor, body: Reply(body=body),
+    "inf and nan rate-limit headers": lambda vendor, body: Reply(body=body, headers={
+        "Retry-After": "inf", "X-RateLimit-Remaining": "nan", "X-RateLimit-Reset": "-inf"}),
+    "value nested past the recursion limit": lambda vendor, body: Reply(body=deep_json(body)),
+}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("odd", sorted(ODD_ANSWERS))
+def test_a_create_answer_with_a_readable_id_yields_the_id_whatever_else_is_odd(server, vendor, odd):
+    server.reply = lambda request: ODD_ANSWERS[odd](vendor, create_body(vendor))
+    assert create(vendor) == execution_id(vendor)
+    assert [r.method for r in server.requests] == ["POST"]  # read at once: nothing asked twice
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("odd", sorted(ODD_ANSWERS))
+async def test_a_status_answer_with_odd_parts_is_read_on_both_paths(server, vendor, odd, caplog):
+    field, value = ODD_FIELD[vendor]
+    server.reply = lambda request: ODD_ANSWERS[odd](vendor, status_body(vendor, **{field: value}))
+    with caplog.at_level(logging.WARNING):
+        sync = await asyncio.to_thread(hook(vendor).get_status, execution_id(vendor))
+        async_ = await hook(vendor).aget_status(execution_id(vendor))
+    for status in (sync, async_):
+        assert status.state is ExecutionState.RUNNING and status.execution_id == execution_id(vendor)
+        assert status.rate_limit is not None and status.rate_limit.retry_after is None  # inf: ignored, no wait
+        assert status.payload.get(field) is None  # dropped, not kept with its wrong type
+    if odd == "wrong-typed optional field":
+        # Logged (the first time this process meets it), naming the vendor and the field.
+        assert all(hook(vendor).vendor in r.getMessage() for r in caplog.records if repr(field) in r.getMessage())
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_status_answer_about_another_execution_is_an_error_not_its_state(server, vendor):
+    server.reply = lambda request: Reply(body=status_body(vendor, done=True, about=HOOKS[vendor].execution_id_example
+                                                          .replace("1", "2")))
+    for read in (lambda: asyncio.to_thread(timed, hook(vendor).get_status, execution_id(vendor)),
+                 lambda: atimed(hook(vendor).aget_status, execution_id(vendor))):
+        error, _ = await read()
+        assert isinstance(error, ExecutionApiError) and "answer about another execution" in str(error), error
+        assert is_transient(error)  # a wait goes on: ours is still whatever it is
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_trigger_never_takes_another_executions_success_for_its_own(server, vendor):
+    """Every answer says "another execution, succeeded": the trigger keeps waiting until its deadline, then cancels
+    its own execution (one POST) and reports the timeout."""
+    def reply(request):
+        if request.method == "POST":
+            return Reply(body={"code": 0, "data": {}} if vendor == "b3os" else {})
+        return Reply(body=status_body(vendor, done=True, about=execution_id(vendor).replace("1", "2")))
+
+    server.reply = reply
+    hook_class = HOOKS[vendor]
+    trigger = ExecutionTrigger(hook_class=f"{hook_class.__module__}.{hook_class.__qualname__}",
+                               conn_id=f"{vendor}_hostile", execution_id=execution_id(vendor),
+                               deadline=time.time() + 4, poll_interval=0.2, max_poll_interval=0.2)
+    events = await drive_trigger(trigger, timeout=30)
+    assert [e["kind"] for e in events] == ["timeout"], events
+    assert [r.method for r in server.requests].count("POST") == 1
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_an_unreadable_status_answer_mid_run_is_transient(server, vendor):
+    """The state word itself of the wrong type: no state can be read, so the wait goes on (never a failure that
+    would cancel a healthy execution)."""
+    body = status_body(vendor)
+    target = body["data"] if vendor == "b3os" else body
+    target["state" if vendor == "dune" else "status"] = {"nested": True}
+    server.reply = lambda request: Reply(body=body)
+    for read in (lambda: asyncio.to_thread(timed, hook(vendor).get_status, execution_id(vendor)),
+                 lambda: atimed(hook(vendor).aget_status, execution_id(vendor))):
+        error, _ = await read()
+        assert isinstance(error, ExecutionApiError) and "unexpected response shape" in str(error), error
+        assert is_transient(error)

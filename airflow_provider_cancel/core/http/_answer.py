@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,6 +12,8 @@ from airflow_provider_cancel.core.errors import ExecutionApiError
 from airflow_provider_cancel.core.http._models import Answer, ApiCall, ResponseLike
 from airflow_provider_cancel.core.http._ratelimit import parse_rate_limit, parse_retry_after
 from airflow_provider_cancel.core.http._transports import ResponseTooLarge
+
+log = logging.getLogger("airflow_provider_cancel.core.http")
 
 ErrorParser = Callable[[Any], tuple[str | None, str | None, str | None]]
 
@@ -42,18 +46,77 @@ def read_answer(
     if not content:
         return Answer({}, rate_limit)
     try:
-        return Answer(json.loads(content), rate_limit)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return Answer(parse_json(content), rate_limit)
+    except Exception as err:  # whatever the bytes were, they are no usable answer (and never a crash)
+        what = "not valid JSON" if isinstance(err, ValueError) else f"unreadable ({type(err).__name__})"
         raise error(
-            None, f"response (HTTP {status}) is not valid JSON: {snippet(_text(content))!r}",
-            request_id=request_id_of(headers),
+            None, f"response (HTTP {status}) is {what}: {snippet(_text(content))!r}", request_id=request_id_of(headers),
         ) from None
+
+
+# Deeper than any vendor's answer; only documents Python's json cannot read whole are cut there, and only up to
+# FORGIVING_MAX_BYTES (a larger one is no usable answer).
+MAX_JSON_DEPTH = 100
+FORGIVING_MAX_BYTES = 1024 * 1024
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[{]+|[\]}]+')  # a string, a run of openers, a run of closers
+
+
+def parse_json(content: bytes) -> Any:
+    """The answer's JSON, with NaN and Infinity read as null. A document json cannot read whole (nested deeper than
+    Python's recursion limit, an integer of over 4,300 digits) is read with those values as null, so the fields
+    around them (the execution id above all) still come through."""
+    text = content.decode(json.detect_encoding(content), "surrogatepass")  # as json.loads decodes bytes
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError:
+        raise
+    except (RecursionError, ValueError):
+        if len(content) > FORGIVING_MAX_BYTES:
+            raise
+    value = _FORGIVING_DECODER.decode(_cut_deeper_than(text, MAX_JSON_DEPTH))
+    log.warning("An answer held values too deep or too large to read (%d bytes); they were read as null", len(text))
+    return value
+
+
+def _null(_: str) -> None:
+    return None
+
+
+def _int_or_null(digits: str) -> int | None:
+    return int(digits) if len(digits) <= 4300 else None
+
+
+_DECODER = json.JSONDecoder(parse_constant=_null)
+_FORGIVING_DECODER = json.JSONDecoder(parse_constant=_null, parse_int=_int_or_null)
+
+
+def _cut_deeper_than(text: str, depth_limit: int) -> str:
+    """`text` with every array or object nested deeper than `depth_limit` replaced by null (strings skipped whole,
+    runs of brackets taken at once: linear in the brackets, fast on the long runs of a nesting attack)."""
+    out: list[str] = []
+    depth, kept_to, cut_from = 0, 0, -1
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        if token[0] in "[{":
+            if cut_from < 0 and depth + len(token) > depth_limit:
+                cut_from = match.start() + depth_limit - depth  # the opener that goes one level too deep
+            depth += len(token)
+        else:
+            if cut_from >= 0 and depth - len(token) <= depth_limit:
+                out += (text[kept_to:cut_from], "null")
+                kept_to = match.start() + depth - depth_limit  # just past the closer of the cut value
+                cut_from = -1
+            depth -= len(token)
+    out.append(text[kept_to:])
+    return "".join(out)
 
 
 def _json_or_none(content: bytes) -> Any:
     try:
-        return json.loads(content) if content else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return parse_json(content) if content else None
+    except Exception:
         return None
 
 

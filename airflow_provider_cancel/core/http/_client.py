@@ -39,6 +39,8 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.
 def is_transient(exc: BaseException, *, retry_safe: bool = True) -> bool:
     """Could the same request succeed if sent again later?"""
     if isinstance(exc, ExecutionApiError):
+        if exc.transient is not None:
+            return exc.transient
         if exc.status_code == 429:
             return True
         if exc.status_code in RETRYABLE_STATUS or exc.status_code is None:
