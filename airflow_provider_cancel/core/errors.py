@@ -1,10 +1,13 @@
-"""Exceptions raised by the provider. None of them ever carries an API key."""
+"""Exceptions raised by the provider. None of them ever carries an API key: vendor text is scrubbed of every secret
+the provider knows (`core.redact`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from airflow_provider_cancel.core.redact import scrub
 
 if TYPE_CHECKING:
     from airflow_provider_cancel.core.http import RateLimit
@@ -37,7 +40,7 @@ class ExecutionApiError(AirflowException):
         self.method = method
         self.path = path
         self.status_code: int | None = status_code  # type: ignore[assignment]  # the vendor's HTTP status, not ours
-        self.message = message
+        self.message = scrub(message)  # vendor text: a 401 body may echo the key it refused
         self.code = code
         self.request_id = request_id
         self.retry_after = retry_after
@@ -56,7 +59,7 @@ class ExecutionApiError(AirflowException):
         text = f"{where} -> {what}: {self.message}"
         if self.request_id:
             text += f" (request id {self.request_id})"
-        return text
+        return scrub(text)
 
     def __reduce__(self):  # keep pickling (e.g. across process boundaries) working with keyword init
         return (_rebuild_api_error, (self.__dict__.copy(),))

@@ -7,6 +7,7 @@ goes through `ApiClient`, so retries, timeouts, errors and secrets are handled i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -18,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 from airflow.sdk import BaseHook
 from pydantic import BaseModel, ValidationError
 
+from airflow_provider_cancel.core import redact
 from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
 from airflow_provider_cancel.core.http import (
     NO_RETRY,
@@ -26,6 +28,7 @@ from airflow_provider_cancel.core.http import (
     ApiClient,
     ClientTimeouts,
     RetryPolicy,
+    url_credentials,
     validate_base_url,
 )
 from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
@@ -195,19 +198,29 @@ class ExecutionHook(BaseHook):
         return self._async_client
 
     def client_for(self, conn: Any) -> ApiClient:
+        """The connection as a client. Its secrets (the key, credentials in the host) are registered with the
+        scrubber and Airflow's masker first; a key or host the provider cannot send safely is refused, naming the
+        connection and the field, never echoing the secret."""
         key = (conn.password or "").strip()
-        if not key:
-            raise ProviderConfigError(
-                f"Connection {self.conn_id!r} ({self.vendor}) has no API key: put the key in its password field."
-            )
-        extra = conn.extra_dejson or {}
         host = (conn.host or "").strip() or self.default_host
+        redact.register(conn.password, key, *url_credentials(host))
+        where = f"Connection {self.conn_id!r} ({self.vendor})"
+        if not key:
+            raise ProviderConfigError(f"{where} has no API key: put the key in its password field.")
+        if not key.isascii():
+            raise ProviderConfigError(f"{where}: the API key (password field) has non-ASCII characters, which an HTTP "
+                                      "header cannot carry: paste the key again, exactly as the vendor shows it.")
+        if not key.isprintable():
+            raise ProviderConfigError(f"{where}: the API key (password field) has a line break or another control "
+                                      "character inside it: paste the key again, on one line.")
+        extra = conn.extra_dejson or {}
         if "://" not in host:
             host = f"{conn.schema or 'https'}://{host}"
-        if conn.port:  # a separate port field applies when the host has none
-            parts = urllib.parse.urlsplit(host)
-            if parts.port is None:
-                host = parts._replace(netloc=f"{parts.netloc}:{conn.port}").geturl()
+        if conn.port and not url_credentials(host):  # a separate port field applies when the host has none
+            with contextlib.suppress(ValueError):  # an unusable host is refused just below, by name
+                parts = urllib.parse.urlsplit(host)
+                if parts.port is None:
+                    host = parts._replace(netloc=f"{parts.netloc}:{conn.port}").geturl()
         base_url = validate_base_url(
             host, conn_id=self.conn_id, allow_insecure=_truthy(extra.get("allow_insecure_http"))
         )
@@ -353,8 +366,8 @@ class ExecutionHook(BaseHook):
         except ExecutionApiError:
             raise
         except Exception as err:
-            self.log.warning("%s accepted a cancel with an answer that could not be read (%s: %s)", self.vendor,
-                             type(err).__name__, err)
+            self.log.warning("%s accepted a cancel with an answer that could not be read (%s)", self.vendor,
+                             redact.scrub(f"{type(err).__name__}: {err}"))
             return CancelOutcome.REQUESTED
 
     def _cancel_error(self, err: ExecutionApiError) -> CancelOutcome:
@@ -376,6 +389,10 @@ class ExecutionHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """The UI's Test button: one quick authenticated request, no retries, an answer a person can act on."""
+        ok, message = self._test_connection()
+        return ok, redact.scrub(message)  # shown in the UI: vendor and transport text may echo a secret
+
+    def _test_connection(self) -> tuple[bool, str]:
         try:
             client = self.client.with_options(retry=NO_RETRY)
         except Exception as err:

@@ -57,6 +57,8 @@ class HostileServer:
         self.reply: Callable[[Request], Reply] = reply if callable(reply) else (lambda request: canned)
         self.requests: list[Request] = []
         self.sent_bytes = 0  # body bytes written, over all requests
+        self.open_connections = 0  # accepted and not yet closed by the client (or the server)
+        self._count = threading.Lock()
         self._closed = threading.Event()
         owner = self
 
@@ -90,6 +92,8 @@ class HostileServer:
     def _serve(self, sock: socket.socket) -> None:
         sock.settimeout(30)
         reader = sock.makefile("rb")
+        with self._count:
+            self.open_connections += 1
         try:
             while not self._closed.is_set():
                 request = _read_request(reader)
@@ -102,6 +106,8 @@ class HostileServer:
             return  # the client went away: that is the point of most replies here
         finally:
             reader.close()
+            with self._count:
+                self.open_connections -= 1
 
     def _answer(self, sock: socket.socket, reply: Reply) -> bool:
         """Send one answer; False when the connection is done with."""

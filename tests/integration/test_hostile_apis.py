@@ -7,6 +7,9 @@ answer. Nothing may be left unbounded, unowned or leaked.
 - reading: whatever is odd in an answer (a wrong-typed optional field, inf/nan rate-limit headers, a value nested
   past Python's recursion limit), what can be read is: a create's id always, a status as transient when it cannot;
   an answer about another execution is never taken for ours;
+- secrets: no key or URL credential in any error, warning, Test button message or trigger event, even when the
+  vendor echoes it; a key or host the provider cannot send is refused by connection and field, never echoed;
+- sockets: a hook's connections are closed when it is.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from airflow_provider_cancel.core.trigger import CANCEL_RETRY, ExecutionTrigger
 from airflow_provider_cancel.registry import BY_CONN_TYPE
 
 from .conftest import API_KEY, VENDORS, drive_trigger
-from .hostile import HostileServer, Reply
+from .hostile import HostileServer, Reply, wait_until
 
 HOOKS: dict[str, type[ExecutionHook]] = {vendor: import_string(BY_CONN_TYPE[vendor].hook_path) for vendor in VENDORS}
 OPERATORS: dict[str, type[ExecutionOperator]] = {
@@ -330,3 +333,116 @@ async def test_an_unreadable_status_answer_mid_run_is_transient(server, vendor):
         error, _ = await read()
         assert isinstance(error, ExecutionApiError) and "unexpected response shape" in str(error), error
         assert is_transient(error)
+
+
+# -- secrets ---------------------------------------------------------------------------------------------------------
+def use_conn(monkeypatch, vendor: str, **conn: Any) -> str:
+    conn_id = f"{vendor}_odd"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": vendor, **conn}))
+    return conn_id
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+async def test_a_401_that_echoes_the_key_never_carries_it_anywhere(server, vendor, caplog):
+    """The key in the body (as is, URL-encoded, inside a JSON error): not in the exception on either path, not in
+    the trigger's error event (which Airflow stores), not in the Test button's message, not in any log line."""
+    from urllib.parse import quote
+
+    echo = {"error": f"invalid key {API_KEY}", "message": f"key={quote(API_KEY)}", "detail": f"Bearer {API_KEY}"}
+    server.reply = lambda request: Reply(401, echo)
+    with caplog.at_level(logging.DEBUG):
+        sync, _ = await asyncio.to_thread(timed, hook(vendor).get_status, execution_id(vendor))
+        async_, _ = await atimed(hook(vendor).aget_status, execution_id(vendor))
+        hook_class = HOOKS[vendor]
+        events = await drive_trigger(ExecutionTrigger(
+            hook_class=f"{hook_class.__module__}.{hook_class.__qualname__}", conn_id=f"{vendor}_hostile",
+            execution_id=execution_id(vendor)), timeout=30)
+        ok, message = await asyncio.to_thread(hook(vendor).test_connection)
+    assert sync.status_code == 401 and async_.status_code == 401 and not ok and events[0]["kind"] == "error"
+    assert "invalid key ***" in str(sync)
+    texts = [str(sync), repr(sync), sync.message, str(async_), repr(async_), json.dumps(events), message,
+             *(r.getMessage() for r in caplog.records)]
+    assert server.requests[0].headers  # the key was sent: the server saw it
+    for text in texts:
+        assert API_KEY not in text and quote(API_KEY) not in text, text
+
+
+BAD_KEYS = {
+    "line break": ("sk-first-HALF\r\nsecond-HALF-42", "line break or another control character"),
+    "tab": ("sk-first-HALF\tsecond-HALF-42", "line break or another control character"),
+    "non-ASCII": ("sk-cl\u00e9-secr\u00e8te-42", "non-ASCII characters"),
+}
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("case", sorted(BAD_KEYS))
+def test_a_key_that_cannot_be_sent_is_refused_by_connection_and_field_and_never_echoed(server, monkeypatch, vendor,
+                                                                                       case):
+    key, why = BAD_KEYS[case]
+    conn_id = use_conn(monkeypatch, vendor, host=server.url, password=key)
+    from airflow_provider_cancel.core.errors import ProviderConfigError
+    from airflow_provider_cancel.core.redact import forms
+
+    with pytest.raises(ProviderConfigError) as err:
+        HOOKS[vendor](conn_id).get_status(execution_id(vendor))
+    text = str(err.value)
+    assert repr(conn_id) in text and "password field" in text and why in text
+    assert not any(form in text for form in forms(key)), text
+    ok, message = HOOKS[vendor](conn_id).test_connection()
+    assert not ok and why in message and not any(form in message for form in forms(key))
+    assert server.requests == []  # refused before any request
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_a_host_with_credentials_is_refused_and_they_are_never_echoed(server, monkeypatch, vendor):
+    from airflow.sdk.log import redact as airflow_redact
+
+    from airflow_provider_cancel.core.errors import ProviderConfigError
+
+    host = server.url.replace("http://", "http://admin-user:hunter2-PASSWORD@")
+    conn_id = use_conn(monkeypatch, vendor, host=host, password=API_KEY)
+    with pytest.raises(ProviderConfigError, match="host has credentials inside it") as err:
+        HOOKS[vendor](conn_id).get_status(execution_id(vendor))
+    ok, message = HOOKS[vendor](conn_id).test_connection()
+    for text in (str(err.value), message):
+        assert repr(conn_id) in text and "hunter2-PASSWORD" not in text and "admin-user" not in text, text
+    assert not ok and server.requests == []
+    assert "hunter2-PASSWORD" not in airflow_redact(f"logged {host}")  # Airflow's own masker knows it too
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("suffix", ["/?token=abc", "?x=1", "/#frag", "?"])
+def test_a_host_with_a_query_string_or_fragment_is_refused(server, monkeypatch, vendor, suffix):
+    from airflow_provider_cancel.core.errors import ProviderConfigError
+
+    conn_id = use_conn(monkeypatch, vendor, host=server.url + suffix, password=API_KEY)
+    with pytest.raises(ProviderConfigError, match="has a query string or fragment") as err:
+        HOOKS[vendor](conn_id).get_status(execution_id(vendor))
+    assert repr(conn_id) in str(err.value) and "token=abc" not in str(err.value)
+    assert server.requests == []
+
+
+# -- sockets --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_closed_hooks_leave_no_socket_open(server, vendor):
+    """Many executions in one long-lived process (`airflow dags test`, a worker): each hook closes its connections."""
+    server.reply = lambda request: Reply(body=status_body(vendor))
+    kept = [hook(vendor) for _ in range(10)]  # as operators keep their hooks
+    for unclosed in kept:
+        unclosed.get_status(execution_id(vendor))
+    wait_until(lambda: server.open_connections == 10)  # unclosed: each hook's pooled connection stays open
+    for _ in range(10):
+        with hook(vendor) as h:
+            h.get_status(execution_id(vendor))
+            h.get_status(execution_id(vendor))  # one connection, reused
+        assert h._client is not None
+    closer = hook(vendor)
+    closer.get_status(execution_id(vendor))
+    closer.close()
+    closer.close()  # twice is fine, and the hook can be used again
+    closer.get_status(execution_id(vendor))
+    closer.close()
+    wait_until(lambda: server.open_connections == 10)  # only the first ten, never closed, are left
+    for unclosed in kept:
+        unclosed.close()
+    wait_until(lambda: server.open_connections == 0)

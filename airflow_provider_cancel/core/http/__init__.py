@@ -29,7 +29,7 @@ from airflow_provider_cancel.core.http._models import Answer, ApiCall, DeadlineE
 from airflow_provider_cancel.core.http._ratelimit import RateLimit, parse_rate_limit, parse_retry_after
 from airflow_provider_cancel.core.http._transports import tls_context
 from airflow_provider_cancel.core.http._transports.aiohttp_async import shared_async_session
-from airflow_provider_cancel.core.http._urls import quote_path_id, validate_base_url
+from airflow_provider_cancel.core.http._urls import quote_path_id, url_credentials, validate_base_url
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -53,5 +53,6 @@ __all__ = [
     "read_answer",
     "shared_async_session",
     "tls_context",
+    "url_credentials",
     "validate_base_url",
 ]

@@ -29,6 +29,7 @@ from airflow_provider_cancel.core.http._models import Answer, ApiCall, DeadlineE
 from airflow_provider_cancel.core.http._transports import ResponseTooLarge
 from airflow_provider_cancel.core.http._transports.aiohttp_async import AsyncTransport
 from airflow_provider_cancel.core.http._transports.httpx_sync import SyncTransport
+from airflow_provider_cancel.core.redact import scrub
 
 log = logging.getLogger("airflow_provider_cancel.core.http")
 
@@ -162,8 +163,10 @@ class ApiClient:
             raise too_large(call, refused, vendor=self.vendor, conn_id=self.conn_id) from None
 
     def _note(self, err: BaseException, call: ApiCall) -> None:
+        """Name the request and the connection; the transport's own text is scrubbed of secrets."""
+        err.args = tuple(scrub(arg) if isinstance(arg, str) else arg for arg in err.args)
         connection = f" (connection {self.conn_id!r})" if self.conn_id else ""
-        err.add_note(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}")
+        err.add_note(scrub(f"while calling {self.vendor} API{connection} {call.method} {self.base_url}{call.path}"))
 
 
 class _Attempts:
@@ -227,4 +230,4 @@ class _Attempts:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ExecutionApiError):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return scrub(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
