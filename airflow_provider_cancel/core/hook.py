@@ -104,19 +104,12 @@ def _optional_parts(model: type[BaseModel], body: Mapping[str, Any], errors: lis
 def _without(value: Any, path: tuple) -> Any:
     """A copy of `value` without the element at `path` (only the containers on the way are copied)."""
     head, rest = path[0], path[1:]
-    if isinstance(value, Mapping):
-        copy = dict(value)
-        if rest:
-            copy[head] = _without(copy[head], rest)
-        else:
-            del copy[head]
-        return copy
-    items = list(value)
+    copy: Any = dict(value) if isinstance(value, Mapping) else list(value)
     if rest:
-        items[head] = _without(items[head], rest)
+        copy[head] = _without(copy[head], rest)
     else:
-        del items[head]
-    return items
+        del copy[head]
+    return copy
 
 
 def _warn_once(vendor: str, model: type[BaseModel], path: tuple) -> None:

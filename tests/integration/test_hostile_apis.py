@@ -10,6 +10,9 @@ answer. Nothing may be left unbounded, unowned or leaked.
 - secrets: no key or URL credential in any error, warning, Test button message or trigger event, even when the
   vendor echoes it; a key or host the provider cannot send is refused by connection and field, never echoed;
 - sockets: a hook's connections are closed when it is.
+
+The same classes against the emulator's hostile fault kinds run whole tasks (sync and deferred) on every vendor:
+the execution the vendor really started is the one the task owns, and ends in its true state.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from airflow_provider_cancel.core.state import ExecutionState
 from airflow_provider_cancel.core.trigger import CANCEL_RETRY, ExecutionTrigger
 from airflow_provider_cancel.registry import BY_CONN_TYPE
 
-from .conftest import API_KEY, VENDORS, drive_trigger
+from .conftest import API_KEY, VENDORS, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .hostile import HostileServer, Reply, wait_until
 
 HOOKS: dict[str, type[ExecutionHook]] = {vendor: import_string(BY_CONN_TYPE[vendor].hook_path) for vendor in VENDORS}
@@ -446,3 +449,90 @@ def test_closed_hooks_leave_no_socket_open(server, vendor):
     for unclosed in kept:
         unclosed.close()
     wait_until(lambda: server.open_connections == 0)
+
+
+# -- whole tasks against the emulator's hostile fault kinds ----------------------------------------------------------
+def emulated_task(vendor: str, scenario: str, *, deferrable: bool):
+    from uuid import uuid4
+
+    from airflow_provider_cancel.emulator.testing import operator_args
+
+    tag = f"hostile-{uuid4().hex[:10]}"
+    task = OPERATORS[vendor](task_id=tag, conn_id=f"{vendor}_emu", deferrable=deferrable, poll_interval=0.05,
+                             max_poll_interval=0.2, **operator_args(vendor, scenario, tag))
+    return task, make_context(FakeTI(tag), FakeStore()), tag
+
+
+def started_by(emu, vendor: str, tag: str) -> list[dict]:
+    return [r for r in emu.executions(vendor) if tag in json.dumps(r["data"])]
+
+
+def run_whole(task, context, deferred=lambda: None) -> Any:
+    """A task to its end, deferred or not: execute, and for a deferral `deferred()`, the trigger, execute_complete."""
+    if not task.deferrable:
+        return task.execute(context)
+    trigger = defer(task, context)
+    deferred()
+    events = asyncio.run(drive_trigger(trigger, timeout=60))
+    assert len(events) == 1, events
+    return task.execute_complete(context, events[0])
+
+
+CREATE_SPOILERS = ("odd_field", "odd_rate_limit", "deep_json")
+STATUS_SPOILERS = ("odd_field", "odd_rate_limit", "deep_json", "other_id", "drip")
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("kind", CREATE_SPOILERS)
+def test_a_create_the_vendor_carried_out_is_owned_whatever_its_answer_held(emu, vendor, kind):
+    task, context, tag = emulated_task(vendor, "succeed:1", deferrable=False)
+    emu.add_fault(vendor=vendor, action="create", kind=kind)
+    assert run_whole(task, context) is not None
+    (record,) = started_by(emu, vendor, tag)  # one execution, and it is the task's
+    assert record["id"] == task.execution_id == context["ti"].xcoms["execution_id"]
+    assert record["state"] == "succeeded" and emu.cancels(record["id"]) == []
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("kind", STATUS_SPOILERS)
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferred"])
+def test_odd_status_answers_mid_run_never_fail_or_cancel_a_healthy_execution(emu, vendor, kind, deferrable):
+    """Deferred, the faults start once the trigger polls (the worker's one read before deferring is the lead's
+    waiter's to make transient too)."""
+    task, context, tag = emulated_task(vendor, "succeed:4", deferrable=deferrable)
+
+    def faults() -> None:
+        emu.add_fault(vendor=vendor, action="status", kind=kind, count=3, delay=0.01 if kind == "drip" else None)
+
+    if not deferrable:
+        faults()
+    assert run_whole(task, context, faults) is not None
+    (record,) = started_by(emu, vendor, tag)
+    assert record["state"] == "succeeded" and emu.cancels(record["id"]) == []
+    assert kind in [e["fault"] for e in emu.journal(vendor=vendor, action="status", execution_id=record["id"])]
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("kind", ["huge", "endless"])
+def test_a_create_answered_huge_or_endless_is_refused_cleanly_and_starts_nothing(emu, vendor, kind):
+    task, context, tag = emulated_task(vendor, "succeed:1", deferrable=False)
+    emu.add_fault(vendor=vendor, action="create", kind=kind)
+    with pytest.raises(ExecutionApiError, match="-byte limit of this provider"):
+        task.execute(context)
+    assert started_by(emu, vendor, tag) == [] and task.execution_id is None
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferred"])
+def test_a_401_echoing_the_key_mid_run_fails_the_task_without_the_key(emu, vendor, deferrable):
+    task, context, tag = emulated_task(vendor, "forever", deferrable=deferrable)
+    emu.add_fault(vendor=vendor, action="status", kind="echo_key", count=1 if not deferrable else 2)
+    try:
+        run_whole(task, context)  # deferred: the read before deferring fails (the trigger's event is tested above)
+    except Exception as err:
+        failure = err
+    else:
+        raise AssertionError("the task succeeded")
+    assert "401" in str(failure) and API_KEY not in str(failure) and API_KEY not in repr(failure.args)
+    (record,) = started_by(emu, vendor, tag)
+    assert len(emu.cancels(record["id"])) == 1  # the task failed while its execution ran: cancelled once
