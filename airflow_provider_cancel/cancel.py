@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
+from airflow_provider_cancel.core import poll
 from airflow_provider_cancel.core.errors import ExecutionKilled, ProviderConfigError
-from airflow_provider_cancel.core.operator import format_duration
-from airflow_provider_cancel.core.poll import PollSchedule
+from airflow_provider_cancel.core.hook import is_template, short_repr
+from airflow_provider_cancel.core.poll import PollSchedule, format_duration
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -33,18 +34,35 @@ if TYPE_CHECKING:
 
 
 def hook_for_connection(conn_id: str) -> ExecutionHook:
-    """The vendor hook for a connection of one of this provider's types (dune, izieroma, bctrl, meibel, b3os)."""
-    from airflow.sdk.module_loading import import_string
+    """The vendor hook for a connection of one of this provider's types, found through Airflow's own registry
+    (``Connection.get_hook``, as common.sql's operators do): the connection's type picks the vendor."""
+    from airflow_provider_cancel.core.hook import ExecutionHook
+    from airflow_provider_cancel.registry import CONN_TYPES
 
-    from airflow_provider_cancel.registry import BY_CONN_TYPE
-
-    conn_type = BaseHook.get_connection(conn_id).conn_type
-    if conn_type not in BY_CONN_TYPE:
+    connection = BaseHook.get_connection(conn_id)
+    expected = ", ".join(sorted(CONN_TYPES))
+    if connection.conn_type not in CONN_TYPES:
         raise ProviderConfigError(
-            f"Connection {conn_id!r} has type {conn_type!r}; expected one of {', '.join(sorted(BY_CONN_TYPE))}"
+            f"Connection {conn_id!r} has type {connection.conn_type!r}; expected one of {expected}"
         )
-    hook: ExecutionHook = import_string(BY_CONN_TYPE[conn_type].hook_path)(conn_id)
+    hook = connection.get_hook()
+    if not isinstance(hook, ExecutionHook):
+        raise ProviderConfigError(f"Connection {conn_id!r}: Airflow gave a {type(hook).__name__}, not one of this "
+                                  f"provider's hooks ({expected}); is airflow-provider-cancel installed in this "
+                                  "Airflow environment?")
     return hook
+
+
+def _check_ids_argument(task_id: str, raw: Any) -> None:
+    """At DAG parse: one id, a list of ids, None, or a template/XComArg that renders to one of them."""
+    if raw is None or isinstance(raw, str) or is_template(raw):
+        return
+    if isinstance(raw, (list, tuple, set, frozenset)):
+        return
+    raise ProviderConfigError(
+        f"{task_id}: execution_ids must be an execution id (a string), a list of them, or None; got "
+        f"{type(raw).__name__} {short_repr(raw)}"
+    )
 
 
 def _as_list(raw: Any) -> list[Any]:
@@ -53,7 +71,7 @@ def _as_list(raw: Any) -> list[Any]:
     if raw is None:
         return []
     if not isinstance(raw, str):
-        return list(raw)
+        return list(raw) if isinstance(raw, (list, tuple, set, frozenset)) else [raw]  # a single wrong one: named
     text = raw.strip()
     if text in ("None", "[]"):
         return []
@@ -99,6 +117,7 @@ class CancelExecutionOperator(BaseOperator):
         super().__init__(**kwargs)
         if termination_timeout <= 0 or poll_interval <= 0:
             raise ProviderConfigError(f"{self.task_id}: termination_timeout and poll_interval must be positive")
+        _check_ids_argument(self.task_id, execution_ids)
         self.conn_id = conn_id
         self.execution_ids = execution_ids
         self.wait_for_termination = wait_for_termination
@@ -129,31 +148,36 @@ class CancelExecutionOperator(BaseOperator):
         return results
 
     def _final_states(self, hook: ExecutionHook, ids: list[str]) -> dict[str, str]:
-        schedule = PollSchedule(self.poll_interval, max(self.poll_interval, 30.0))
+        """Each execution's state once it has ended (or at once, without wait_for_termination), one after the
+        other within one shared deadline."""
         started = time.monotonic()
+        deadline = started + self.termination_timeout
+        schedule = PollSchedule(self.poll_interval, max(self.poll_interval, 30.0))
         states: dict[str, str] = {}
-        rate_limit = None
-        while True:
-            for execution_id in [i for i in ids if i not in states]:
-                status = hook.get_status(execution_id)
-                rate_limit = status.rate_limit
-                if status.state.is_terminal or not self.wait_for_termination:
-                    states[execution_id] = status.state.value
-            if len(states) == len(ids):
-                return states
-            elapsed = time.monotonic() - started
-            still = ", ".join(sorted(set(ids) - set(states)))
-            if elapsed >= self.termination_timeout:
+        for execution_id in ids:
+            if not self.wait_for_termination:
+                states[execution_id] = hook.get_status(execution_id).state.value
+                continue
+            waiter = poll.Waiter(hook.vendor, execution_id, schedule=schedule, started_at=started, deadline=deadline,
+                                 log=self.log, progress=False)
+            ending = poll.wait(waiter, lambda left, eid=execution_id: hook.get_status(eid),  # type: ignore[misc]
+                               lambda seconds: self._sleep(hook, ids, states, seconds))
+            if isinstance(ending, poll.DeadlinePassed):
+                still = ", ".join(i for i in ids if i not in states)
                 raise AirflowException(
-                    f"{hook.vendor} executions {still} still not ended {format_duration(elapsed)} "
+                    f"{hook.vendor} executions {still} still not ended {format_duration(time.monotonic() - started)} "
                     "after their cancel was requested"
                 )
-            delay = min(schedule.delay(elapsed, rate_limit), self.termination_timeout - elapsed)
-            if self._killed.wait(delay):
-                raise ExecutionKilled(
-                    f"Task killed while waiting for {hook.vendor} executions {still} to end; "
-                    "their cancellation was requested"
-                )
+            states[execution_id] = ending.status.state.value
+        return states
+
+    def _sleep(self, hook: ExecutionHook, ids: list[str], states: dict[str, str], seconds: float) -> None:
+        if self._killed.wait(seconds):
+            still = ", ".join(i for i in ids if i not in states)
+            raise ExecutionKilled(
+                f"Task killed while waiting for {hook.vendor} executions {still} to end; "
+                "their cancellation was requested"
+            )
 
     def on_kill(self) -> None:
         """Airflow's SIGTERM handler only calls this: without it the wait would run on until SIGKILL 5 s later."""

@@ -47,11 +47,17 @@ CONNECTION_FORMS: dict[str, dict[str, Any]] = {
         "https://api.bctrl.ai",
         "bctrl_... (sent as Authorization: Bearer)",
         {
+            "api_generation": {
+                "label": "API generation",
+                "description": "1: durable invocations of steps in a space (default). 2: runtime-scoped invocations "
+                "of one action, as bctrl's published OpenAPI describes them.",
+                "schema": {"type": ["string", "null"], "default": "1"},
+            },
             "subaccount_id": {
                 "label": "Subaccount id",
                 "description": "Sent as BCTRL-Subaccount-Id, for organisation keys acting for a subaccount.",
                 "schema": {"type": ["string", "null"]},
-            }
+            },
         },
     ),
     "meibel": _form("Meibel", "https://api.meibel.ai/v2", "Meibel API key (sent as Meibel-API-Key)"),

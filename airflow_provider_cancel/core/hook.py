@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from airflow.sdk import BaseHook
@@ -31,18 +30,12 @@ from airflow_provider_cancel.core.http import (
     url_credentials,
     validate_base_url,
 )
-from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
+from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState, ExecutionStatus
 
 log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
 HookT = TypeVar("HookT", bound="ExecutionHook")
 MAX_ID_LENGTH = 200
-
-
-class CancelOutcome(str, enum.Enum):
-    REQUESTED = "requested"  # the vendor accepted the cancel (it may still be in progress)
-    ALREADY_FINISHED = "already_finished"  # nothing to cancel: the execution had ended
-    NOT_FOUND = "not_found"
 
 
 def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) -> Model:
@@ -138,8 +131,14 @@ def short_repr(value: object, limit: int = 60) -> str:
 
 
 class ExecutionHook(BaseHook):
-    """Base for the five vendor hooks. Subclasses set the class facts and implement the adapter methods."""
+    """Base for the vendor hooks. Subclasses set the class facts and implement the adapter methods.
 
+    A concrete hook that leaves a required fact unset or a required method unimplemented fails when its class is
+    created (at import), not at its first request. ``class MyBase(ExecutionHook, abstract=True)`` declares an
+    intermediate base that is exempt.
+    """
+
+    # -- class facts: required (REQUIRED_FACTS) unless a default is given here ---------------------------
     # Airflow's hook registration.
     conn_name_attr: ClassVar[str] = "conn_id"
     conn_type: ClassVar[str]
@@ -155,6 +154,20 @@ class ExecutionHook(BaseHook):
     execution_id_pattern: ClassVar[re.Pattern[str] | None] = None
     execution_id_example: ClassVar[str] = ""
 
+    REQUIRED_FACTS: ClassVar[tuple[str, ...]] = (
+        "conn_type", "default_conn_name", "hook_name", "vendor", "default_host", "api_key_header", "status_words",
+    )
+    REQUIRED_METHODS: ClassVar[tuple[str, ...]] = ("status_call", "parse_status", "cancel_call", "test_call")
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        missing = [name for name in cls.REQUIRED_FACTS if not getattr(cls, name, None)]
+        missing += [f"{name}()" for name in cls.REQUIRED_METHODS if getattr(cls, name) is getattr(ExecutionHook, name)]
+        if missing:
+            raise TypeError(f"{cls.__qualname__} must define {', '.join(missing)} (see ExecutionHook)")
+
     def __init__(
         self,
         conn_id: str | None = None,
@@ -169,6 +182,10 @@ class ExecutionHook(BaseHook):
         self._client: ApiClient | None = None
         self._async_client: ApiClient | None = None
         self._trusted_ids: set[str] = set()
+        # Set by the operator while it starts an execution: it owns (and records) an execution the moment its id
+        # is known, before the rest of the answer is read, and records an id the client chose before sending.
+        self.on_planned: Callable[[str], None] | None = None
+        self.on_started: Callable[[str], None] | None = None
 
     # -- connection -> client --------------------------------------------------------------------------
     @property
@@ -241,16 +258,24 @@ class ExecutionHook(BaseHook):
         """Vendor headers read from the connection's extra (e.g. an organisation id)."""
         return {}
 
-    # -- vendor adapter: override ----------------------------------------------------------------------
+    # -- vendor adapter: required overrides (REQUIRED_METHODS) ---------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:
+        """The request that reads one execution's status."""
         raise NotImplementedError
 
     def parse_status(self, execution_id: str, body: Any, call: ApiCall) -> ExecutionStatus:
+        """The status answer in the vendor-neutral vocabulary (`ExecutionState` via `status_words`)."""
         raise NotImplementedError
 
     def cancel_call(self, execution_id: str) -> ApiCall:
+        """The request that cancels one execution."""
         raise NotImplementedError
 
+    def test_call(self) -> ApiCall:
+        """A cheap authenticated request for the UI's Test button."""
+        raise NotImplementedError
+
+    # -- vendor adapter: optional overrides -------------------------------------------------------------
     def cancel_outcome(self, body: Any) -> CancelOutcome:
         return CancelOutcome.REQUESTED
 
@@ -261,10 +286,6 @@ class ExecutionHook(BaseHook):
         if error.status_code == 409:
             return CancelOutcome.ALREADY_FINISHED
         return None
-
-    def test_call(self) -> ApiCall:
-        """A cheap authenticated request for the UI's Test button."""
-        raise NotImplementedError
 
     def execution_url(self, execution_id: str, info: Mapping[str, Any]) -> str | None:
         """A page where a person can see the execution, if the vendor has one."""
@@ -281,6 +302,25 @@ class ExecutionHook(BaseHook):
             raise ProviderConfigError(f"{self.vendor} returned an unusable execution id {short_repr(execution_id)}")
         self._trusted_ids.add(execution_id)
         return execution_id
+
+    def planned(self, execution_id: str) -> str:
+        """An id the client chose (B3OS ``runId``), about to be sent in a create: recorded before the request."""
+        execution_id = self.trust(execution_id)
+        if self.on_planned is not None:
+            self.on_planned(execution_id)
+        return execution_id
+
+    def started(self, execution_id: object) -> str:
+        """The id a create answered with: call it as soon as the id is read, before anything else can fail."""
+        execution_id = self.trust(execution_id)
+        if self.on_started is not None:
+            self.on_started(execution_id)
+        return execution_id
+
+    def close(self) -> None:
+        """Close this hook's sync connections (the async session is shared per event loop and closed with it)."""
+        if self._client is not None:
+            self._client.close()
 
     def validate_execution_id(self, value: object) -> str:
         """Reject ids that are not the vendor's, before any request (no `/`, `..`, spaces, huge strings).
@@ -368,11 +408,6 @@ class ExecutionHook(BaseHook):
         if outcome is None:
             raise err
         return outcome
-
-    def close(self) -> None:
-        """Close this hook's sync connections (the async ones are shared per event loop). It can be used again."""
-        if self._client is not None:
-            self._client.close()
 
     def __enter__(self: HookT) -> HookT:
         return self

@@ -13,7 +13,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
 
 from airflow_provider_cancel.core.docs import default_doc_md, inherit_params
 from airflow_provider_cancel.core.hook import ExecutionHook
-from airflow_provider_cancel.core.operator import ProgressLog, _default_deferrable
+from airflow_provider_cancel.core.operator import default_deferrable
+from airflow_provider_cancel.core.poll import ProgressLog
 from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ class ExecutionSensor(BaseSensorOperator):
     template_fields: Sequence[str] = ("execution_id", "conn_id")
     ui_color = "#e8f7e4"
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not abstract and not isinstance(getattr(cls, "hook_class", None), type):
+            raise TypeError(f"{cls.__qualname__} must set hook_class to its vendor's ExecutionHook subclass")
         inherit_params(cls, ExecutionSensor, "Arguments of every sensor of this provider:")
 
     def __init__(
@@ -61,7 +64,7 @@ class ExecutionSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.execution_id = execution_id
         self.conn_id = conn_id or self.hook_class.default_conn_name
-        self.deferrable = _default_deferrable() if deferrable is None else deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.max_poll_interval = max(max_poll_interval, float(self.poke_interval))
         self._progress: ProgressLog | None = None
         self._started = time.monotonic()
@@ -79,6 +82,8 @@ class ExecutionSensor(BaseSensorOperator):
     def _evaluate(self, hook: ExecutionHook, status: ExecutionStatus) -> bool:
         if self._progress is None:
             self._progress = ProgressLog(hook.vendor, status.execution_id)
+        if warning := self._progress.unknown_word(status):
+            self.log.warning("%s", warning)
         if line := self._progress.line(status, time.monotonic() - self._started, None):
             self.log.info("%s", line)
         if status.state is ExecutionState.SUCCEEDED:
@@ -96,6 +101,9 @@ class ExecutionSensor(BaseSensorOperator):
             return super().execute(context)
         if self.poke(context):
             return None
+        self._defer(deadline=time.time() + float(self.timeout))
+
+    def _defer(self, *, deadline: float) -> None:
         from airflow_provider_cancel.core.trigger import ExecutionTrigger
 
         self.defer(
@@ -103,13 +111,13 @@ class ExecutionSensor(BaseSensorOperator):
                 hook_class=f"{self.hook_class.__module__}.{self.hook_class.__qualname__}",
                 conn_id=self.conn_id,
                 execution_id=self.execution_id,
-                deadline=time.time() + float(self.timeout),
+                deadline=deadline,
                 poll_interval=float(self.poke_interval),
                 max_poll_interval=self.max_poll_interval,
-                cancel_on_kill=False,
+                owner=False,  # the execution is not this sensor's: killing the sensor leaves it alone
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=float(self.timeout)) + timedelta(minutes=5),
+            timeout=timedelta(seconds=max(0.0, deadline - time.time())) + timedelta(minutes=5),
         )
 
     def execute_complete(self, context: Context, event: Any = None) -> None:
@@ -122,4 +130,9 @@ class ExecutionSensor(BaseSensorOperator):
             raise AirflowFailException(f"Waiting for execution {outcome.execution_id} failed: {outcome.message}")
         hook = self.hook
         if not self._evaluate(hook, hook.get_status(outcome.execution_id)):
-            raise AirflowFailException(f"Execution {outcome.execution_id} is not finished after the trigger fired")
+            # The vendor says "running" again after the trigger saw it end: wait again, within the same timeout.
+            self.log.warning("Execution %s is not finished after the trigger saw it end: waiting again",
+                             outcome.execution_id)
+            started = getattr(context["ti"], "start_date", None)
+            begun = started.timestamp() if started else time.time()
+            self._defer(deadline=begun + float(self.timeout))

@@ -27,6 +27,19 @@ class ExecutionState(str, enum.Enum):
         return self in TERMINAL_STATES
 
 
+class CancelOutcome(str, enum.Enum):
+    """What one cancel attempt (with its retries) achieved."""
+
+    REQUESTED = "requested"  # the vendor accepted the cancel (it may still be in progress)
+    ALREADY_FINISHED = "already_finished"  # nothing to cancel: the execution had ended
+    NOT_FOUND = "not_found"
+    FAILED = "failed"  # every attempt failed: the execution may still run
+
+    @property
+    def settled(self) -> bool:
+        return self is not CancelOutcome.FAILED
+
+
 TERMINAL_STATES = frozenset({ExecutionState.SUCCEEDED, ExecutionState.FAILED, ExecutionState.CANCELLED})
 
 
@@ -52,7 +65,7 @@ class ExecutionStatus:
     error: str | None = None
     # The raw, parsed status payload, for result extraction by the same adapter.
     payload: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    # What the answer's headers said about our request budget (set by the hook, not the adapter).
+    # What the vendor's answer said about the API key's remaining budget, for the next read's timing.
     rate_limit: RateLimit | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:

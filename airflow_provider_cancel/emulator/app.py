@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -9,12 +10,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
-from airflow_provider_cancel.emulator import b3os, bctrl, dune, izieroma, meibel
 from airflow_provider_cancel.emulator.engine import EmulatorConfig, Engine, Execution, Fault, VendorAPI
+from airflow_provider_cancel.registry import CONN_TYPES
 
-# Adding a vendor: write its module (see dune.py) and list its VendorAPI here.
+# One module per vendor of the registry, named after its conn_type (see dune.py), each declaring its VendorAPI `api`.
 VENDORS: dict[str, VendorAPI] = {
-    api.name: api for api in (dune.api, izieroma.api, bctrl.api, meibel.api, b3os.api)
+    name: importlib.import_module(f"airflow_provider_cancel.emulator.{name}").api for name in CONN_TYPES
 }
 
 

@@ -1,4 +1,4 @@
-"""B3OS workflow runs (CONTRACTS.md section 5), served under ``/b3os``.
+"""B3OS workflow runs (docs/b3os.md), served under ``/b3os``.
 
 A client's base URL is ``http://<host>:<port>/b3os`` and the real paths follow (``/v1/...``). Every answer is
 the B3OS envelope ``{"code", "data", "message", "requestId"}``; errors carry the app code (400078 invalid run

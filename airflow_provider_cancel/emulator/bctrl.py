@@ -1,16 +1,29 @@
-"""bctrl.ai durable invocations (CONTRACTS.md section 3, generation 1), served under ``/bctrl``.
+"""bctrl.ai durable invocations (docs/bctrl.md), both published generations, served under ``/bctrl``.
 
-A client's base URL is ``http://<host>:<port>/bctrl`` and the real paths follow:
+A client's base URL is ``http://<host>:<port>/bctrl`` and the real paths follow. Generation 1 (the seed's "durable
+invocation" pages) runs steps and is space-scoped:
 
 - ``POST /v1/spaces/{spaceId}/runtimes/{runtimeId}/invocations`` -> 202 Invocation (``queued``). Idempotent on the
   body's ``idempotencyKey`` or the ``Idempotency-Key`` header: the same key answers with the same invocation;
   the same key with a different request is a 409.
-- ``GET /v1/invocations/{id}`` -> Invocation; every read is a poll: ``queued`` -> ``dispatching`` -> ``running``
-  -> the scenario's end.
 - ``POST /v1/invocations/{id}/wait`` (body ``{"timeoutMs": n}``) -> Invocation + ``waitStatus``.
-- ``POST /v1/invocations/{id}/cancel`` -> 200 Invocation ``cancelling`` with ``cancelRequestedAt``; the next read
-  says ``cancelled`` (error ``invocation.cancelled``). A terminal invocation -> 409 ``invocation.not_cancellable``.
-- ``GET /v1/runs/{runId}/invocations?status=&cursor=&limit=`` -> ``{"data": [...], "nextCursor"}``.
+- ``POST /v1/invocations/{id}/cancel`` -> 200 Invocation ``cancelling`` with ``cancelRequestedAt``.
+
+Generation 2 (the published OpenAPI types of bctrl's SDK, commit 16d27d9; SDK 0.1.0) runs one action request
+(``{"action": "act" | "observe" | "extract" | "stagehandAgent" | "browserUse" | "solveCaptcha", ...}``) and is
+runtime-scoped; its Invocation is ``{id, runId, runtimeId, action, status, output?, error?, createdAt, startedAt?,
+finishedAt?, durationSeconds?}``:
+
+- ``POST /v1/runtimes/{runtimeId}/invocations`` -> 202 Invocation; idempotent on the ``Idempotency-Key`` header.
+- ``POST /v1/runtimes/{runtimeId}/invocations/{id}/wait`` (body ``{"timeoutSeconds": n}``; SDK 0.1.0 sends
+  ``timeoutMs``) -> Invocation + ``waitStatus`` (+ ``retryAfterSeconds`` on a timeout).
+- ``POST /v1/runtimes/{runtimeId}/invocations/{id}/cancel`` (no request body) -> 200 Invocation ``cancelling``.
+
+Both: ``GET /v1/invocations/{id}`` -> the Invocation in the shape of its generation; every read is a poll:
+``queued`` -> ``dispatching`` -> ``running`` -> the scenario's end. A cancel makes the next read say ``cancelled``
+(error ``invocation.cancelled``); a terminal invocation -> 409 ``invocation.not_cancellable``.
+``GET /v1/runs/{runId}/invocations?status=&cursor=&limit=`` -> ``{"data": [...], "nextCursor"}`` and
+``GET /v1/runs/{runId}/invocations/{id}``.
 
 Auth ``Authorization: Bearer <key>``; every answer carries ``x-request-id``; errors are
 ``{"error", "code", "reasonClass", "requestId", "hint"?, "details"?}``; a 429 carries ``Retry-After``.
@@ -20,8 +33,8 @@ Special ids: space or runtime ``00000000-0000-4000-8000-000000404404`` (or any n
 header ``BCTRL-Subaccount-Id: sub_forbidden`` -> 403 ``auth.forbidden``.
 
 Scenarios (``emulate:<outcome>`` anywhere in the body, e.g. ``"metadata": {"emulate": "fail:2"}``): ``fail`` ->
-the last step fails with ``TIMEOUT`` and a hint (status ``failed``); ``partial`` -> ``timed_out`` before the last
-step; ``remote_cancel`` -> ``cancelled`` by someone else.
+the last step (generation 2: the action) fails with ``TIMEOUT`` and a hint (status ``failed``); ``partial`` ->
+``timed_out`` before the last step; ``remote_cancel`` -> ``cancelled`` by someone else.
 """
 
 from __future__ import annotations
@@ -48,6 +61,8 @@ FORBIDDEN_SUBACCOUNT = "sub_forbidden"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _RUN_NAMESPACE = uuid.UUID("6f1c2a52-3b0e-4e57-9a43-bc7e1a0d5c11")
 _MODES = ("fail-fast",)
+_ACTIONS = ("act", "observe", "extract", "stagehandAgent", "browserUse", "solveCaptcha")
+_NEEDS_INSTRUCTION = ("observe", "stagehandAgent", "browserUse")  # act: an instruction or a stagehandAction
 _MAX_WAIT_MS = 30_000
 _PAGE, _MAX_PAGE = 50, 100
 _MESSAGES = {
@@ -159,13 +174,7 @@ async def create_invocation(call: Call) -> Response:
     """Create a durable invocation of steps on a runtime (202, status queued)."""
     params = call.request.path_params
     space_id, runtime_id = params["space_id"], params["runtime_id"]
-    for value in (space_id, runtime_id):
-        if not _UUID.fullmatch(value) or value.lower() == MISSING_ID:
-            raise _Fail(404, "Runtime not found", "runtime.not_found",
-                        hint="Check the space and runtime ids; list runtimes with GET /v1/spaces/{spaceId}/runtimes")
-    if runtime_id.lower() == BUSY_RUNTIME_ID:
-        raise _Fail(409, "Runtime is controlled by another client", "runtime.controller_busy",
-                    hint="retry after the current controller releases the runtime")
+    _check_runtime(space_id, runtime_id)
     body = call.json()
     if not isinstance(body, dict):
         raise _invalid("Request body must be a JSON object")
@@ -183,6 +192,41 @@ async def create_invocation(call: Call) -> Response:
     fingerprint = hashlib.sha256(
         json.dumps([space_id.lower(), request, metadata], sort_keys=True, default=str).encode()
     ).hexdigest()
+    data = {
+        "generation": 1,
+        "spaceId": space_id,
+        "metadata": metadata,
+        "correlationId": body.get("correlationId"),
+        "request": {**({"idempotencyKey": key} if key else {}), **request},
+    }
+    return _created(call, runtime_id, key, fingerprint, data)
+
+
+@route("POST", "/v1/runtimes/{runtime_id}/invocations", action="create")
+async def create_runtime_invocation(call: Call) -> Response:
+    """Generation 2: create a durable invocation of one action on a live runtime (202, status queued)."""
+    runtime_id = call.request.path_params["runtime_id"]
+    _check_runtime(runtime_id)
+    body = _action_request(call.json())
+    key = call.request.headers.get("idempotency-key") or None
+    fingerprint = hashlib.sha256(json.dumps([runtime_id.lower(), body], sort_keys=True, default=str).encode())
+    data = {"generation": 2, "action": body["action"], "metadata": body.get("metadata"), "request": body}
+    return _created(call, runtime_id, key, fingerprint.hexdigest(), data)
+
+
+def _check_runtime(*ids: str) -> None:
+    """The space and runtime in a path: unknown ones are a 404, the busy runtime a 409."""
+    for value in ids:
+        if not _UUID.fullmatch(value) or value.lower() == MISSING_ID:
+            raise _Fail(404, "Runtime not found", "runtime.not_found",
+                        hint="Check the space and runtime ids; list runtimes with GET /v1/spaces/{spaceId}/runtimes")
+    if ids[-1].lower() == BUSY_RUNTIME_ID:
+        raise _Fail(409, "Runtime is controlled by another client", "runtime.controller_busy",
+                    hint="retry after the current controller releases the runtime")
+
+
+def _created(call: Call, runtime_id: str, key: str | None, fingerprint: str, data: dict[str, Any]) -> Response:
+    """202 with a new invocation, or with the one an earlier create with the same idempotency key made."""
     existing = call.idempotent(key)
     if existing is not None:
         if existing.data["fingerprint"] != fingerprint:
@@ -192,17 +236,32 @@ async def create_invocation(call: Call) -> Response:
     sequence = 1 + sum(
         1 for ex in call.engine.executions.values() if ex.vendor == api.name and ex.data["runtimeId"] == runtime_id
     )
-    data = {
-        "spaceId": space_id,
-        "runtimeId": runtime_id,
-        "runId": str(uuid.uuid5(_RUN_NAMESPACE, runtime_id.lower())),
-        "sequenceNo": sequence,
-        "metadata": metadata,
-        "correlationId": body.get("correlationId"),
-        "request": {**({"idempotencyKey": key} if key else {}), **request},
-        "fingerprint": fingerprint,
-    }
+    data.update(runtimeId=runtime_id, runId=str(uuid.uuid5(_RUN_NAMESPACE, runtime_id.lower())),
+                sequenceNo=sequence, fingerprint=fingerprint)
     return _json(_invocation(call.create(data=data, idempotency_key=key)), 202)
+
+
+def _action_request(body: Any) -> dict[str, Any]:
+    """A generation-2 create body (RuntimeInvocationCreateRequest), checked as bctrl's schema checks it."""
+    if not isinstance(body, dict):
+        raise _invalid("Request body must be a JSON object")
+    if "steps" in body:
+        raise _invalid("steps are not part of this request: it runs one action (act, observe, extract, "
+                       "stagehandAgent, browserUse or solveCaptcha)", "steps")
+    action = body.get("action")
+    if action not in _ACTIONS:
+        raise _invalid(f"action must be one of {list(_ACTIONS)}", "action")
+    instruction = body.get("instruction")
+    if instruction is not None and (not isinstance(instruction, str) or not instruction.strip()):
+        raise _invalid("instruction must be a non-empty string", "instruction")
+    if instruction is None and (action in _NEEDS_INSTRUCTION or (action == "act" and not body.get("stagehandAction"))):
+        raise _invalid(f"{action} needs an instruction", "instruction")
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        raise _invalid("metadata must be an object", "metadata")
+    timeout = body.get("timeoutSeconds")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0):
+        raise _invalid("timeoutSeconds must be a positive number", "timeoutSeconds")
+    return body
 
 
 def _steps(steps: Any) -> list[dict[str, Any]]:
@@ -252,14 +311,22 @@ async def get_invocation(call: Call) -> Response:
 @route("POST", "/v1/invocations/{invocation_id}/wait", action="status")
 async def wait_invocation(call: Call) -> Response:
     """Long-poll until the invocation is terminal or ``timeoutMs`` (at most 30 s) has passed."""
-    body = call.json() or {}
-    if not isinstance(body, dict):
-        raise _invalid("Request body must be a JSON object")
-    timeout_ms = body.get("timeoutMs", _MAX_WAIT_MS)
-    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
-        raise _invalid("timeoutMs must be a positive integer", "timeoutMs")
-    ex = _find(call, poll=True)
-    until = time.monotonic() + min(timeout_ms, _MAX_WAIT_MS) / 1000
+    body = _object(call.json() or {})
+    return await _wait(call, _find(call, poll=True), _positive(body, "timeoutMs", _MAX_WAIT_MS) / 1000)
+
+
+@route("POST", "/v1/runtimes/{runtime_id}/invocations/{invocation_id}/wait", action="status")
+async def wait_runtime_invocation(call: Call) -> Response:
+    """Generation 2: long-poll for ``timeoutSeconds`` (at most 30; SDK 0.1.0's ``timeoutMs`` is read too)."""
+    body = _object(call.json() or {})
+    ex = _find_on_runtime(call, poll=True)
+    if "timeoutSeconds" in body or "timeoutMs" not in body:
+        return await _wait(call, ex, _positive(body, "timeoutSeconds", _MAX_WAIT_MS / 1000))
+    return await _wait(call, ex, _positive(body, "timeoutMs", _MAX_WAIT_MS) / 1000)
+
+
+async def _wait(call: Call, ex: Execution, seconds: float) -> Response:
+    until = time.monotonic() + min(seconds, _MAX_WAIT_MS / 1000)
     while not ex.state.terminal and time.monotonic() < until:
         await asyncio.sleep(min(0.05, max(0.0, until - time.monotonic())))
         ex = _find(call)
@@ -268,10 +335,32 @@ async def wait_invocation(call: Call) -> Response:
                   **({} if done else {"retryAfterSeconds": 1})})
 
 
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise _invalid("Request body must be a JSON object")
+    return body
+
+
+def _positive(body: dict[str, Any], name: str, default: float) -> float:
+    value = body.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise _invalid(f"{name} must be a positive number", name)
+    return float(value)
+
+
 @route("POST", "/v1/invocations/{invocation_id}/cancel", action="cancel")
 async def cancel_invocation(call: Call) -> Response:
     """Request cancellation: 200 ``cancelling`` (the next read says ``cancelled``); 409 when already terminal."""
-    ex = _find(call)
+    return _cancel(call, _find(call))
+
+
+@route("POST", "/v1/runtimes/{runtime_id}/invocations/{invocation_id}/cancel", action="cancel")
+async def cancel_runtime_invocation(call: Call) -> Response:
+    """Generation 2: request cancellation of an invocation on its runtime (the spec declares no request body)."""
+    return _cancel(call, _find_on_runtime(call))
+
+
+def _cancel(call: Call, ex: Execution) -> Response:
     if not call.cancel(ex, asynchronous=True):
         raise _Fail(409, f"Invocation is already {_status(ex)} and cannot be cancelled", "invocation.not_cancellable",
                     reason="conflict")
@@ -299,10 +388,27 @@ async def list_invocations(call: Call) -> Response:
     return _json({"data": [_summary(ex) for ex in page], "nextCursor": str(start + limit) if more else None})
 
 
+@route("GET", "/v1/runs/{run_id}/invocations/{invocation_id}", action="status")
+async def get_run_invocation(call: Call) -> Response:
+    """One invocation of a run (a read, like ``GET /v1/invocations/{id}``)."""
+    ex = _find(call, poll=True)
+    if ex.data["runId"] != call.request.path_params["run_id"].lower():
+        raise _Fail(404, "Invocation not found", "invocation.not_found")
+    return _json(_invocation(ex))
+
+
 def _find(call: Call, *, poll: bool = False) -> Execution:
     ex = call.get(call.request.path_params["invocation_id"], poll=poll)
     if ex is None:
         raise _Fail(404, "Invocation not found", "invocation.not_found")
+    return ex
+
+
+def _find_on_runtime(call: Call, *, poll: bool = False) -> Execution:
+    """An invocation addressed under its runtime: another runtime's is not found there."""
+    ex = _find(call, poll=poll)
+    if ex.data["runtimeId"].lower() != call.request.path_params["runtime_id"].lower():
+        raise _Fail(404, "Invocation not found on this runtime", "invocation.not_found")
     return ex
 
 
@@ -354,6 +460,45 @@ def _step_failed(ex: Execution, index: int) -> dict[str, Any]:
 
 
 def _invocation(ex: Execution) -> dict[str, Any]:
+    """The Invocation in the shape of the generation that created it."""
+    return _action_invocation(ex) if ex.data["generation"] == 2 else _steps_invocation(ex)
+
+
+def _action_invocation(ex: Execution) -> dict[str, Any]:
+    """Generation 2's Invocation: one action, its ``output`` once it succeeded, an ``error`` once it did not."""
+    data = ex.data
+    output: Any = None
+    error: dict[str, Any] | None = None
+    if ex.state is State.SUCCEEDED:
+        output = {"emulated": True, "action": data["action"], "instruction": data["request"].get("instruction")}
+    elif ex.state is State.FAILED:
+        error = {"code": "invocation.failed", "message": f"{data['action']} failed: TIMEOUT (emulated failure)",
+                 "details": {"hint": "Check that the target exists on the page, or raise timeoutSeconds"}}
+    elif ex.state is State.PARTIAL:
+        error = {"code": "invocation.timed_out", "message": "Invocation exceeded its timeout",
+                 "details": {"timeoutSeconds": data["request"].get("timeoutSeconds")}}
+    elif ex.state is State.CANCELLED:
+        who = "by another client" if ex.cancelled_by == "remote" else "at the caller's request"
+        error = {"code": "invocation.cancelled", "message": f"Invocation was cancelled {who}",
+                 "details": {"cancelledBy": "api" if ex.cancelled_by == "api" else "other"}}
+    end, begun = ex.finished_at, ex.started_at or ex.created_at
+    return {
+        "id": ex.id,
+        "runId": data["runId"],
+        "runtimeId": data["runtimeId"],
+        "action": data["action"],
+        "status": _status(ex),
+        "output": output,
+        "error": error,
+        "createdAt": _timestamp(ex.created_at),
+        "startedAt": _timestamp(ex.started_at),
+        "finishedAt": _timestamp(end),
+        "durationSeconds": round(end - begun, 3) if end is not None else None,
+    }
+
+
+def _steps_invocation(ex: Execution) -> dict[str, Any]:
+    """Generation 1's Invocation: steps, each step's result, progress and the request echoed back."""
     data, steps = ex.data, ex.data["request"]["steps"]
     total, last = len(steps), len(steps) - 1
     status = _status(ex)
@@ -430,6 +575,9 @@ def _invocation(ex: Execution) -> dict[str, Any]:
 
 def _summary(ex: Execution) -> dict[str, Any]:
     full = _invocation(ex)
+    if ex.data["generation"] == 2:
+        return {k: full[k] for k in ("id", "runId", "runtimeId", "action", "status", "createdAt", "finishedAt",
+                                     "durationSeconds", "error")}
     summary = {k: full[k] for k in ("id", "runId", "runtimeId", "entryCall", "status", "createdAt", "finishedAt",
                                     "error")}
     summary["durationSeconds"] = full["durationMs"] / 1000 if full["durationMs"] is not None else None

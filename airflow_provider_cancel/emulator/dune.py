@@ -1,4 +1,4 @@
-"""Dune Analytics query executions (CONTRACTS.md section 2), served under ``/dune``.
+"""Dune Analytics query executions (docs/dune.md), served under ``/dune``.
 
 A client's base URL is ``http://<host>:<port>/dune`` and the real paths follow (``/api/v1/...``).
 Special query ids: 404404 does not exist, 403403 is archived.
@@ -6,9 +6,12 @@ Special query ids: 404404 does not exist, 403403 is archived.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
@@ -142,28 +145,62 @@ async def status(call: Call) -> Response:
 @api.route("GET", "/api/v1/execution/{execution_id}/results", action="result")
 async def results(call: Call) -> Response:
     """A page of generated rows (`{"n": i, "label": "row i"}`), or just the state while there is no result."""
+    ex, page = _page(call, "results")
+    body = _state_fields(ex)
+    if page is None:
+        return JSONResponse(body)
+    body["result"] = {"rows": page.rows, "metadata": _metadata(ex, page_rows=len(page.rows), columns=page.columns)}
+    if page.next_uri is not None:
+        body["next_offset"], body["next_uri"] = page.next_offset, page.next_uri
+    return JSONResponse(body)
+
+
+@api.route("GET", "/api/v1/execution/{execution_id}/results/csv", action="result")
+async def results_csv(call: Call) -> Response:
+    """The same page as CSV (a header line, then the rows); the next page in ``x-dune-next-uri``/``-offset``."""
+    ex, page = _page(call, "results/csv")
+    if page is None:
+        raise ApiError(400, f"Execution {ex.id} has no result yet (state {_STATES[ex.state]})")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=page.columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(page.rows)
+    headers = {}
+    if page.next_uri is not None:
+        headers = {"x-dune-next-offset": str(page.next_offset), "x-dune-next-uri": page.next_uri}
+    return Response(text.getvalue(), media_type="text/csv", headers=headers)
+
+
+@dataclass(frozen=True)
+class _Page:
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    next_offset: int | None = None
+    next_uri: str | None = None  # absolute, on the host the client called, with the same paging options
+
+
+def _page(call: Call, route: str) -> tuple[Execution, _Page | None]:
+    """The execution and the page it asks for (JSON and CSV page alike), or None before there is a result."""
     ex = _find(call)
     query = call.request.query_params
     limit = min(_int_param(call, "limit", _PAGE, minimum=1), _MAX_PAGE)  # the server shrinks big pages
     offset = _int_param(call, "offset", 0, minimum=0)
     allow_partial = query.get("allow_partial_results", "false").lower() in ("true", "1")
-    body = _state_fields(ex)
     if ex.state is State.PARTIAL and not allow_partial:
         raise ApiError(400, "Partial Result, please request with 'allow_partial_results=true'")
     if ex.state not in _WITH_RESULT:
-        return JSONResponse(body)
+        return ex, None
     total = ex.scenario.rows
     columns = [c for c in query.get("columns", "").split(",") if c in _COLUMNS] or list(_COLUMNS)
     rows = [{c: v for c, v in _row(n).items() if c in columns} for n in range(offset, min(offset + limit, total))]
-    body["result"] = {"rows": rows, "metadata": _metadata(ex, page_rows=len(rows), columns=columns)}
-    if offset + limit < total:
-        follow: dict[str, str | int] = {"offset": offset + limit, "limit": limit}
-        for name in ("columns", "allow_partial_results"):
-            if name in query:
-                follow[name] = query[name]
-        body["next_offset"] = offset + limit
-        body["next_uri"] = f"{call.base_url}/api/v1/execution/{ex.id}/results?{urlencode(follow)}"
-    return JSONResponse(body)
+    if offset + limit >= total:
+        return ex, _Page(rows, columns)
+    follow: dict[str, str | int] = {"offset": offset + limit, "limit": limit}
+    for name in ("columns", "allow_partial_results"):
+        if name in query:
+            follow[name] = query[name]
+    return ex, _Page(rows, columns, offset + limit,
+                     f"{call.base_url}/api/v1/execution/{ex.id}/{route}?{urlencode(follow)}")
 
 
 @api.route("POST", "/api/v1/execution/{execution_id}/cancel", action="cancel")

@@ -152,6 +152,7 @@ class JournalEntry:
     auth: AuthResult
     status_code: int | None = None  # None until answered, and for dropped connections
     fault: str | None = None
+    body_bytes: int = 0  # the request body's size (never its content): "no body" is checkable
 
 
 class Journal:
@@ -653,6 +654,7 @@ class VendorAPI:
             auth=engine.check_key(key),
         )
         call = Call(request, engine, self, await request.body(), entry.execution_id)
+        entry.body_bytes = len(call.body)
         if entry.auth == "ok" and key:
             response = await self._respond(call, handler, key, entry)
         else:

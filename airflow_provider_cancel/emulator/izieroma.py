@@ -1,4 +1,4 @@
-"""izieroma, the hosted ROMA API (CONTRACTS.md section 1, the GitBook contract), served under ``/izieroma``.
+"""izieroma, the hosted ROMA API (docs/izieroma.md: the GitBook contract), served under ``/izieroma``.
 
 A client's base URL is ``http://<host>:<port>/izieroma`` and the real paths follow (``/api/v1/...``).
 Put the scenario marker in the goal or in the metadata (``{"emulate": "fail:3"}``).

@@ -1,4 +1,4 @@
-"""Meibel AI batch executions (CONTRACTS.md section 4), served under ``/meibel``.
+"""Meibel AI batch executions (docs/meibel.md), served under ``/meibel``.
 
 A client's base URL is ``http://<host>:<port>/meibel`` (it stands for ``https://api.meibel.ai/v2``) and the real
 paths follow: ``/batch-definitions/...``, ``/batch-executions/...``. Every path is served with and without a

@@ -1,6 +1,6 @@
 """B3OS: a workflow run (a saved workflow by id, or an inline definition) and its nodes' outputs.
 
-API facts (CONTRACTS.md §5): `Authorization: Bearer <key>`, plus `X-Org-ID` from the connection extra `org_id`
+API facts (docs/b3os.md): `Authorization: Bearer <key>`, plus `X-Org-ID` from the connection extra `org_id`
 where an endpoint needs an organisation context. Every answer is the envelope {code, data, message, requestId}:
 `unwrap` opens it, once, for every call (an error envelope becomes ExecutionApiError with its code and request
 id). Run states: running, waiting (paused on a wait node, e.g. a human approval: may last long, not terminal),
@@ -293,13 +293,15 @@ class B3osHook(ExecutionHook):
                            run_id, workflow_id=None)
 
     def _start(self, call: ApiCall, run_id: str | None, *, workflow_id: str | None) -> str:
+        if run_id is not None:
+            self.planned(run_id)  # recorded before the create is sent: its answer may never arrive
         try:
             data = self.call_api(call)
         except ExecutionApiError as err:
             if run_id is None or not is_duplicate_run_id(err):
                 raise
             return self._adopt(run_id, workflow_id, err)
-        started = self.trust(parse_model(RunStarted, data, vendor=self.vendor, call=call).runId)
+        started = self.started(parse_model(RunStarted, data, vendor=self.vendor, call=call).runId)
         if run_id is not None and started != run_id:
             self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started, run_id, started)
         return started
@@ -325,7 +327,7 @@ class B3osHook(ExecutionHook):
             )
         self.log.info("B3OS run %s already exists (%s): an earlier attempt of this create made it; using it",
                       run_id, run.status)
-        return self.trust(run.id)
+        return self.started(run.id)
 
     # -- read ------------------------------------------------------------------------------------------
     def run_call(self, run_id: str, *, summary: bool, node_ids: Sequence[str] | None = None) -> ApiCall:
@@ -407,7 +409,7 @@ class B3osWorkflowLink(ExecutionLink):
     name = "B3OS workflow"
 
 
-class B3osRunWorkflowOperator(ExecutionOperator):
+class B3osRunWorkflowOperator(ExecutionOperator[B3osHook]):
     """Run a B3OS workflow (a saved workflow by id, or an inline definition), wait for it, return its outputs.
 
     :param workflow_id: a saved workflow's id, ``wf_...`` (templated). Give this or ``definition``.
@@ -552,8 +554,7 @@ class B3osRunWorkflowOperator(ExecutionOperator):
     def link_info(self) -> Mapping[str, Any]:
         return {"workflow_id": self.workflow_id} if self.workflow_id is not None else {}
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, B3osHook)
+    def start_execution(self, hook: B3osHook, context: Context) -> str:
         run_id = idempotent_run_id(self.idempotency_key(context))
         payload = self._optional_mapping("payload")
         if self.workflow_id is not None:
@@ -564,8 +565,7 @@ class B3osRunWorkflowOperator(ExecutionOperator):
         return hook.run_definition(self._as_mapping(self.definition, "definition"), payload=payload,
                                    prop_values=self._optional_mapping("prop_values"), run_id=run_id)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
-        assert isinstance(hook, B3osHook)
+    def fetch_result(self, hook: B3osHook, status: ExecutionStatus) -> Any:
         node_ids = self._node_ids()
         run = hook.get_run(status.execution_id, summary=False, node_ids=node_ids)
         nodes = run.executionState or {}

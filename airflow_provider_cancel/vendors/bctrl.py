@@ -1,15 +1,18 @@
-"""bctrl.ai: a durable invocation of steps (browser.goto, browser.click, ...) on a browser/desktop runtime.
+"""bctrl.ai: a durable invocation on a browser/desktop runtime, in either of the two published API generations.
 
-API facts (CONTRACTS.md §3): `Authorization: Bearer <key>`, optional `BCTRL-Subaccount-Id`; ids are UUIDs;
+API facts (docs/bctrl.md): `Authorization: Bearer <key>`, optional `BCTRL-Subaccount-Id`; ids are UUIDs;
 statuses queued, dispatching, running, cancelling, succeeded, failed, cancelled, timed_out. Cancel is
-asynchronous: it answers `cancelling` (with `cancelRequestedAt`) and a later read says `cancelled`, so
-`cancelling` is not terminal. The create carries an idempotency key (body `idempotencyKey` and header
-`Idempotency-Key`), so a create that timed out is retried safely. The result is the invocation's own
-`result` (generation 1: `{mode, ok, runtimeId, steps[]}`) or `output` (generation 2); there is no result call.
+asynchronous: it answers `cancelling` and a later read says `cancelled`, so `cancelling` is not terminal. The
+create carries an idempotency key, so a create that timed out is retried safely.
 
-The vendor has moved its invocation paths twice: they all live in one `InvocationPaths` object,
-`BctrlHook.paths` (generation 1 by default, as CONTRACTS recommends). Switch with
-``BctrlHook.paths = GENERATION_2`` or a hook subclass that sets it.
+The connection extra `api_generation` picks the generation (`InvocationPaths`):
+- "1" (default), durable invocations as the seed's pages describe them: steps (browser.goto, browser.click...)
+  created under `/v1/spaces/{space}/runtimes/{runtime}/invocations`, cancelled at `/v1/invocations/{id}/cancel`;
+  the result is `result` `{mode, ok, runtimeId, steps[]}`;
+- "2", runtime-scoped invocations as bctrl's published OpenAPI types describe them: one action request
+  (act, observe, extract, stagehandAgent, browserUse, solveCaptcha) created under
+  `/v1/runtimes/{runtime}/invocations`, cancelled under the runtime; the result is `output`.
+Both read an invocation at `GET /v1/invocations/{id}`, so a poll (in the triggerer too) never needs to know which.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -34,18 +37,24 @@ from airflow_provider_cancel.core.state import ExecutionState, ExecutionStatus, 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_cancel.core.http import ApiClient
+
 
 # -- paths: the one place to change when bctrl moves them again ----------------------------------------------
+READ_PATH = "/v1/invocations/{invocation_id}"  # the same in both generations
+
+
 @dataclass(frozen=True)
 class InvocationPaths:
-    """Path templates of one generation of the invocations API.
+    """Path templates of one generation of the invocations API, and what its create runs.
 
     Placeholders: ``{space_id}``, ``{runtime_id}``, ``{invocation_id}`` (each percent-encoded when filled).
     """
 
+    generation: str
     create: str
-    get: str
     cancel: str
+    runs: str  # what one invocation runs: "steps" or "action"
 
     def render(self, name: str, **values: str | None) -> str:
         template: str = getattr(self, name)
@@ -58,23 +67,41 @@ class InvocationPaths:
         return template.format(**{field: quote_path_id(str(values[field])) for field in needed})
 
 
-# Generation 1, "durable invocations" (the seed's shape): space- and runtime-scoped create.
+# Generation 1, "durable invocations" (the seed's pages): space- and runtime-scoped create of steps.
 GENERATION_1 = InvocationPaths(
+    generation="1",
     create="/v1/spaces/{space_id}/runtimes/{runtime_id}/invocations",
-    get="/v1/invocations/{invocation_id}",
     cancel="/v1/invocations/{invocation_id}/cancel",
+    runs="steps",
 )
-# Generation 2, "simplified invocation contract" (SDK 1.0.x): runtime-scoped create and cancel. Its create body
-# is an `action` object, not steps: use `BctrlHook.start_invocation` with your own body.
+# Generation 2, runtime-scoped invocations (bctrl's published OpenAPI types; SDK 0.1.0): one action request.
 GENERATION_2 = InvocationPaths(
+    generation="2",
     create="/v1/runtimes/{runtime_id}/invocations",
-    get="/v1/invocations/{invocation_id}",
     cancel="/v1/runtimes/{runtime_id}/invocations/{invocation_id}/cancel",
+    runs="action",
 )
+GENERATIONS = {paths.generation: paths for paths in (GENERATION_1, GENERATION_2)}
+GENERATION_EXTRA = "api_generation"
+
+
+def generation_paths(extra: Mapping[str, Any], *, conn_id: str) -> InvocationPaths:
+    """The paths named by the connection extra ``api_generation`` ("1" when unset)."""
+    value = extra.get(GENERATION_EXTRA)
+    name = "1" if value is None or (isinstance(value, str) and not value.strip()) else str(value).strip()
+    if isinstance(value, bool) or name not in GENERATIONS:
+        raise ProviderConfigError(
+            f"Connection {conn_id!r}: extra {GENERATION_EXTRA!r} must be 1 (durable invocations of steps) or 2 "
+            f"(runtime-scoped invocations of one action), got {short_repr(value)}"
+        )
+    return GENERATIONS[name]
+
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SUBACCOUNT_HEADER = "BCTRL-Subaccount-Id"
 MODES = ("fail-fast",)
+ACTIONS = ("act", "observe", "extract", "stagehandAgent", "browserUse", "solveCaptcha")
+NEEDS_INSTRUCTION = ("observe", "stagehandAgent", "browserUse")  # act needs an instruction or a stagehandAction
 LOG_MODES = ("off", "capture")
 UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 UUID_EXAMPLE = "3f2b6c1e-8a4d-4c2b-9e7f-1a2b3c4d5e6f"
@@ -334,9 +361,48 @@ def invocation_request(
     return body
 
 
+def check_action(action: Any, *, allow_templates: bool = False) -> dict[str, Any]:
+    """Validate a generation-2 action request: ``{"action": "act" | "observe" | ..., "instruction"?, ...}``
+    (the rest passes through to bctrl). A rendered string is read back as JSON or a Python literal."""
+    action = _native(action, "action")
+    if not isinstance(action, Mapping):
+        raise ProviderConfigError(
+            f"bctrl action must be a mapping like {{'action': 'extract', 'instruction': '...'}}, got "
+            f"{short_repr(action)}"
+        )
+    request = dict(action)
+    kind = request.get("action")
+    if kind not in ACTIONS and not (allow_templates and is_template(kind)):
+        raise ProviderConfigError(f"bctrl action['action'] must be one of {ACTIONS}, got {short_repr(kind)}")
+    instruction = request.get("instruction")
+    if instruction is not None and not (isinstance(instruction, str) and instruction.strip()):
+        raise ProviderConfigError(f"bctrl action['instruction'] must be a non-blank string, got "
+                                  f"{short_repr(instruction)}")
+    if instruction is None and (kind in NEEDS_INSTRUCTION or (kind == "act" and not request.get("stagehandAction"))):
+        raise ProviderConfigError(f"bctrl action {kind!r} needs an 'instruction'")
+    timeout = request.get("timeoutSeconds")
+    if timeout is not None and not (allow_templates and is_template(timeout)) and (
+        not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0
+    ):
+        raise ProviderConfigError(f"bctrl action['timeoutSeconds'] must be a positive number, got "
+                                  f"{short_repr(timeout)}")
+    if request.get("metadata") is not None:
+        request["metadata"] = check_metadata(request["metadata"])
+    return request
+
+
+def action_request(action: Any, *, metadata: Mapping[str, Any] | str | None = None) -> dict[str, Any]:
+    """The generation-2 create body: the action request, with ``metadata`` merged into its own."""
+    body = check_action(action)
+    if (meta := check_metadata(metadata)) is not None:
+        body["metadata"] = {**meta, **(body.get("metadata") or {})}
+    return body
+
+
 # -- hook ------------------------------------------------------------------------------------------------------
 class BctrlHook(ExecutionHook):
-    """The bctrl API at api.bctrl.ai. Connection extra ``subaccount_id`` is sent as ``BCTRL-Subaccount-Id``."""
+    """The bctrl API at api.bctrl.ai. Connection extras: ``api_generation`` ("1" or "2", see the module), and
+    ``subaccount_id``, sent as ``BCTRL-Subaccount-Id``."""
 
     conn_type = "bctrl"
     default_conn_name = "bctrl_default"
@@ -348,12 +414,24 @@ class BctrlHook(ExecutionHook):
     status_words = STATUS_WORDS
     execution_id_pattern = UUID_RE
     execution_id_example = UUID_EXAMPLE
-    paths: ClassVar[InvocationPaths] = GENERATION_1
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # invocation id -> runtime id, for path generations whose cancel is runtime-scoped.
+        self._paths: InvocationPaths | None = None  # from the connection, when its client is made
+        # invocation id -> runtime id, for generation 2, whose cancel is runtime-scoped.
         self._runtime_ids: dict[str, str] = {}
+
+    def client_for(self, conn: Any) -> ApiClient:
+        self._paths = generation_paths(conn.extra_dejson or {}, conn_id=self.conn_id)
+        return super().client_for(conn)
+
+    @property
+    def paths(self) -> InvocationPaths:
+        """The API generation the connection speaks (reading the connection on first use)."""
+        if self._paths is None:
+            self.client  # noqa: B018 - making the client reads the connection's extras
+        assert self._paths is not None
+        return self._paths
 
     def extra_headers(self, extra: Mapping[str, Any]) -> dict[str, str]:
         subaccount = extra.get("subaccount_id")
@@ -377,12 +455,40 @@ class BctrlHook(ExecutionHook):
         metadata: Mapping[str, Any] | str | None = None,
         idempotency_key: str | None = None,
     ) -> str:
-        """Invoke steps on a runtime and return the invocation id. With an idempotency key a create that timed
-        out is retried, and bctrl answers the retry with the invocation the first attempt created."""
+        """Invoke steps on a runtime (API generation 1) and return the invocation id. With an idempotency key a
+        create that timed out is retried, and bctrl answers the retry with the invocation the first attempt
+        created."""
+        self.check_runs("steps")
         space_id = check_uuid(space_id, "space_id")
         body = invocation_request(runtime_id, steps, mode=mode, metadata=metadata, idempotency_key=idempotency_key)
         return self.start_invocation(body, space_id=space_id, runtime_id=body["runtimeId"],
                                      idempotency_key=idempotency_key)
+
+    def invoke_action(
+        self,
+        runtime_id: str,
+        action: Mapping[str, Any] | str,
+        *,
+        metadata: Mapping[str, Any] | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Invoke one action request on a runtime (API generation 2) and return the invocation id; the
+        idempotency key travels in the ``Idempotency-Key`` header, as that generation documents it."""
+        self.check_runs("action")
+        runtime_id = check_uuid(runtime_id, "runtime_id")
+        body = action_request(action, metadata=metadata)
+        return self.start_invocation(body, runtime_id=runtime_id, idempotency_key=idempotency_key)
+
+    def check_runs(self, runs: str) -> None:
+        """Refuse, before any request, a create body the connection's generation does not run."""
+        paths = self.paths
+        if paths.runs != runs:
+            other = "steps (and a space_id)" if paths.runs == "steps" else "an action request"
+            raise ProviderConfigError(
+                f"Connection {self.conn_id!r} speaks bctrl API generation {paths.generation} (extra "
+                f"{GENERATION_EXTRA!r}), whose invocations run {other}, not {runs}: give {paths.runs}, or set "
+                f"{GENERATION_EXTRA!r} to {'2' if runs == 'action' else '1'}"
+            )
 
     def start_invocation(
         self,
@@ -398,16 +504,13 @@ class BctrlHook(ExecutionHook):
         call = ApiCall("POST", path, "create", json=dict(body), headers=headers,
                        retry_safe=idempotency_key is not None)
         invocation = parse_model(Invocation, _unwrap(self.client.request(call)), vendor=self.vendor, call=call)
-        invocation_id = self.trust(invocation.id)
+        invocation_id = self.started(invocation.id)
         self._runtime_ids[invocation_id] = invocation.runtimeId or runtime_id
         return invocation_id
 
     # -- adapter ---------------------------------------------------------------------------------------
-    def _path(self, name: str, invocation_id: str) -> str:
-        return self.paths.render(name, invocation_id=invocation_id, runtime_id=self._runtime_ids.get(invocation_id))
-
     def status_call(self, execution_id: str) -> ApiCall:
-        return ApiCall("GET", self._path("get", execution_id), "status")
+        return ApiCall("GET", READ_PATH.format(invocation_id=quote_path_id(execution_id)), "status")
 
     def parse_status(self, execution_id: str, body: Any, call: ApiCall) -> ExecutionStatus:
         invocation = parse_model(Invocation, _unwrap(body), vendor=self.vendor, call=call)
@@ -426,8 +529,40 @@ class BctrlHook(ExecutionHook):
         return ExecutionStatus(invocation.id, state, invocation.status, progress=describe_progress(invocation),
                                error=error, payload=LazyPayload(invocation))
 
+    def cancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
+        client = client or self.client
+        if self._runtime_unknown(execution_id):
+            try:
+                call = self.status_call(self.validate_execution_id(execution_id))
+                # Learns the invocation's runtime; one deadline for the read and the cancel.
+                self.parse_status(execution_id, client.request(call, deadline=deadline), call)
+            except ExecutionApiError as err:
+                return self._cancel_error(err)  # e.g. 404: nothing to cancel
+        return super().cancel(execution_id, client=client, deadline=deadline)
+
+    async def acancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
+        client = client or await self.aclient()
+        if self._runtime_unknown(execution_id):
+            try:
+                call = self.status_call(self.validate_execution_id(execution_id))
+                self.parse_status(execution_id, await client.arequest(call, deadline=deadline), call)
+            except ExecutionApiError as err:
+                return self._cancel_error(err)  # e.g. 404: nothing to cancel
+        return await super().acancel(execution_id, client=client, deadline=deadline)
+
+    def _runtime_unknown(self, execution_id: str) -> bool:
+        """Generation 2 cancels under the invocation's runtime: a hook that neither created nor read the
+        invocation (a trigger, a new try, the clean-up operator) reads it first."""
+        return "{runtime_id}" in self.paths.cancel and execution_id not in self._runtime_ids
+
     def cancel_call(self, execution_id: str) -> ApiCall:
-        return ApiCall("POST", self._path("cancel", execution_id), "cancel", json={})
+        # No body: neither generation's spec declares one.
+        path = self.paths.render("cancel", invocation_id=execution_id, runtime_id=self._runtime_ids.get(execution_id))
+        return ApiCall("POST", path, "cancel")
 
     def cancel_outcome(self, body: Any) -> CancelOutcome:
         # The [INF] alternative to a 409: a 200 no-op showing the invocation had already ended on its own.
@@ -445,7 +580,7 @@ class BctrlHook(ExecutionHook):
 
     def test_call(self) -> ApiCall:
         # Reading an invocation that cannot exist: 404 proves the key was accepted, 401/403 that it was not.
-        return ApiCall("GET", self.paths.render("get", invocation_id="00000000-0000-0000-0000-000000000000"), "status")
+        return self.status_call("00000000-0000-0000-0000-000000000000")
 
 
 def invocation_result(payload: Mapping[str, Any]) -> Any:
@@ -456,35 +591,42 @@ def invocation_result(payload: Mapping[str, Any]) -> Any:
 
 
 # -- operator and sensor ---------------------------------------------------------------------------------------
-class BctrlInvokeOperator(ExecutionOperator):
-    """Invoke steps on a bctrl runtime, wait for the invocation, and return its result.
+class BctrlInvokeOperator(ExecutionOperator[BctrlHook]):
+    """Invoke work on a bctrl runtime, wait for the invocation, and return its result.
 
-    :param space_id: the space's UUID (templated).
+    What an invocation runs depends on the API generation of the connection (extra ``api_generation``):
+    generation 1 (default) runs ``steps`` in a space, generation 2 runs one ``action`` request. Give one of them.
+
     :param runtime_id: the runtime's UUID (templated).
-    :param steps: the steps to run, in order (templated): a non-empty list of
+    :param space_id: the space's UUID (templated); needed with ``steps`` (generation 1), unused by generation 2.
+    :param steps: generation 1: the steps to run, in order (templated): a non-empty list of
         ``{"call": "browser.goto", "args": [...], "bind": "page1", "ref": "s1",
         "options": {"dryRun": False, "timeoutMs": 30000, "logs": "off"}}``; only ``call`` is required.
         A rendered string (e.g. an upstream task's XCom) is read back as JSON or a Python literal.
-    :param mode: ``"fail-fast"`` (default, the only mode bctrl documents; templated): the invocation stops at
-        the first failing step.
+    :param action: generation 2: one action request (templated), ``{"action": "act" | "observe" | "extract" |
+        "stagehandAgent" | "browserUse" | "solveCaptcha", "instruction": "...", ...}``; every other field
+        (``outputSchema``, ``timeoutSeconds``, ``model``...) goes to bctrl as given.
+    :param mode: generation 1: ``"fail-fast"`` (default, the only mode bctrl documents; templated): the invocation
+        stops at the first failing step.
     :param metadata: a mapping stored with the invocation (templated).
 
-    Returns the invocation's ``result`` (``{"mode", "ok", "runtimeId", "steps": [...]}``), or its ``output`` on
-    the newer API generation. A failure raises with bctrl's error and every failing step's code, message and
+    Returns the invocation's ``result`` (generation 1: ``{"mode", "ok", "runtimeId", "steps": [...]}``) or its
+    ``output`` (generation 2). A failure raises with bctrl's error and every failing step's code, message and
     hint. The invocation id is in XCom under ``execution_id`` as soon as the invocation is created. The create
     carries an idempotency key per task try, so a retried create never starts a second invocation.
     """
 
     hook_class = BctrlHook
-    template_fields: Sequence[str] = ("conn_id", "space_id", "runtime_id", "steps", "mode", "metadata")
-    template_fields_renderers = {"steps": "json", "metadata": "json"}
+    template_fields: Sequence[str] = ("conn_id", "space_id", "runtime_id", "steps", "action", "mode", "metadata")
+    template_fields_renderers = {"steps": "json", "action": "json", "metadata": "json"}
 
     def __init__(
         self,
         *,
-        space_id: str,
         runtime_id: str,
-        steps: Sequence[Mapping[str, Any]] | str,
+        space_id: str | None = None,
+        steps: Sequence[Mapping[str, Any]] | str | None = None,
+        action: Mapping[str, Any] | str | None = None,
         mode: str = "fail-fast",
         metadata: Mapping[str, Any] | str | None = None,
         **kwargs: Any,
@@ -493,17 +635,26 @@ class BctrlInvokeOperator(ExecutionOperator):
         self.space_id = space_id
         self.runtime_id = runtime_id
         self.steps = steps
+        self.action = action
         self.mode = mode
         self.metadata = metadata
+        if (steps is None) == (action is None):
+            raise ProviderConfigError(f"{self.task_id}: give exactly one of steps (bctrl API generation 1) or "
+                                      "action (generation 2)")
+        if steps is not None and space_id is None:
+            raise ProviderConfigError(f"{self.task_id}: steps run in a space (bctrl API generation 1): give space_id")
         # Check at DAG parse what is not templated; the rest in validate_request, still before any request.
         self._checked(lambda: [
             check_uuid(value, name)
-            for name, value in (("space_id", space_id), ("runtime_id", runtime_id)) if not is_template(value)
+            for name, value in (("space_id", space_id), ("runtime_id", runtime_id))
+            if value is not None and not is_template(value)
         ])
         if not is_template(mode):
             self._checked(lambda: check_mode(mode))
-        if not is_template(steps):
+        if steps is not None and not is_template(steps):
             self._checked(lambda: check_steps(steps, allow_templates=True))
+        if action is not None and not is_template(action):
+            self._checked(lambda: check_action(action, allow_templates=True))
         if not is_template(metadata):
             self._checked(lambda: check_metadata(metadata))
 
@@ -514,20 +665,26 @@ class BctrlInvokeOperator(ExecutionOperator):
             raise ProviderConfigError(f"{self.task_id}: {err}") from None
 
     def validate_request(self) -> None:
-        self.space_id = self._checked(lambda: check_uuid(self.space_id, "space_id"))
         self.runtime_id = self._checked(lambda: check_uuid(self.runtime_id, "runtime_id"))
-        self.mode = self._checked(lambda: check_mode(self.mode))
-        self.steps = self._checked(lambda: check_steps(self.steps))
         self.metadata = self._checked(lambda: check_metadata(self.metadata))
+        if self.steps is not None:
+            self.space_id = self._checked(lambda: check_uuid(self.space_id, "space_id"))
+            self.mode = self._checked(lambda: check_mode(self.mode))
+            self.steps = self._checked(lambda: check_steps(self.steps))
+            self._checked(lambda: self.hook.check_runs("steps"))
+        else:
+            self.action = self._checked(lambda: check_action(self.action))
+            self._checked(lambda: self.hook.check_runs("action"))
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, BctrlHook)
-        return hook.create_invocation(
-            self.space_id, self.runtime_id, self.steps, mode=self.mode, metadata=self.metadata,
-            idempotency_key=self.idempotency_key(context),
-        )
+    def start_execution(self, hook: BctrlHook, context: Context) -> str:
+        key = self.idempotency_key(context)
+        if self.action is not None:
+            return hook.invoke_action(self.runtime_id, self.action, metadata=self.metadata, idempotency_key=key)
+        assert self.space_id is not None and self.steps is not None
+        return hook.create_invocation(self.space_id, self.runtime_id, self.steps, mode=self.mode,
+                                      metadata=self.metadata, idempotency_key=key)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    def fetch_result(self, hook: BctrlHook, status: ExecutionStatus) -> Any:
         result = invocation_result(status.payload)
         steps = result.get("steps") if isinstance(result, Mapping) else None
         if isinstance(steps, list):

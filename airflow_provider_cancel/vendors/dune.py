@@ -1,13 +1,14 @@
 """Dune Analytics: a query execution (saved query by id, or raw SQL) and its result rows.
 
-API facts (CONTRACTS.md §2): `X-Dune-Api-Key`; states QUERY_STATE_*; cancel answers {"success": bool};
-results page through next_offset; no idempotency key, so a create is never retried after an ambiguous
-failure. Execution ids are ULIDs.
+API facts (docs/dune.md): `X-Dune-Api-Key`; states QUERY_STATE_*; cancel answers {"success": bool}; results
+page through `next_uri` as dune-client follows it (only under the connection's base URL); no idempotency key, so
+a create is never retried after an ambiguous failure. Execution ids are ULIDs.
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -66,6 +67,7 @@ class DuneResultPage(_Model):
     execution_id: str | None = None
     state: str | None = None
     next_offset: int | None = None
+    next_uri: str | None = None
     result: dict[str, Any] | None = None
 
 
@@ -97,7 +99,7 @@ class DuneHook(ExecutionHook):
 
     def _started(self, call: ApiCall) -> str:
         started = parse_model(DuneStarted, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(started.execution_id)
+        return self.started(started.execution_id)
 
     # -- adapter ---------------------------------------------------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:
@@ -142,28 +144,30 @@ class DuneHook(ExecutionHook):
     def get_results(
         self, execution_id: str, *, max_rows: int | None = 1000, allow_partial: bool = False
     ) -> dict[str, Any]:
-        """Rows of a finished execution, paged by next_offset (our own host: a next_uri is never followed
-        with the key). Returns {"rows", "metadata", "row_count", "total_row_count", "truncated"}."""
+        """Rows of a finished execution, paged as dune-client pages them: the first page, then each `next_uri`
+        (with a smaller `limit` once `max_rows` is near). A `next_uri` outside the connection's base URL is never
+        followed with the key: that page is read from our own host by `next_offset` instead.
+        Returns {"rows", "metadata", "row_count", "total_row_count", "truncated"}."""
         execution_id = self.validate_execution_id(execution_id)
+        params: dict[str, Any] = {"limit": PAGE_SIZE, "offset": 0}
+        if allow_partial:
+            params["allow_partial_results"] = "true"
         path = f"/api/v1/execution/{quote_path_id(execution_id)}/results"
         rows: list[Any] = []
         metadata: dict[str, Any] = {}
-        offset: int | None = 0
-        while offset is not None and (max_rows is None or len(rows) < max_rows):
-            limit = PAGE_SIZE if max_rows is None else min(PAGE_SIZE, max_rows - len(rows))
-            params: dict[str, Any] = {"limit": limit, "offset": offset}
-            if allow_partial:
-                params["allow_partial_results"] = "true"
+        while max_rows is None or len(rows) < max_rows:
+            if max_rows is not None:
+                params["limit"] = min(_int(params.get("limit"), PAGE_SIZE), max_rows - len(rows))
             call = ApiCall("GET", path, "result", params=params)
             page = parse_model(DuneResultPage, self.client.request(call), vendor=self.vendor, call=call)
             result = page.result or {}
             page_rows = result.get("rows") or []
             rows.extend(page_rows)
             metadata = result.get("metadata") or metadata
-            if not page_rows or page.next_offset is None or page.next_offset <= offset:
-                offset = None
-            else:
-                offset = page.next_offset
+            following = self._next_page(page, path, params) if page_rows else None
+            if following is None:
+                break
+            path, params = following
         total = metadata.get("total_row_count", len(rows))
         if max_rows is not None and len(rows) > max_rows:
             rows = rows[:max_rows]
@@ -175,12 +179,37 @@ class DuneHook(ExecutionHook):
             "truncated": isinstance(total, int) and total > len(rows),
         }
 
+    def _next_page(
+        self, page: DuneResultPage, path: str, params: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The next page's path and query: `next_uri` when it is under the connection's base URL (the SDK's own
+        rule), else `next_offset` on our host; None at the end, or when the offset would not move forward."""
+        offset = _int(params.get("offset"), 0)
+        base = self.client.base_url
+        if page.next_uri and page.next_uri.startswith(base + "/"):
+            parts = urllib.parse.urlsplit(page.next_uri)
+            following = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+            if _int(following.get("offset"), offset + 1) <= offset:
+                return None
+            return parts.path[len(urllib.parse.urlsplit(base).path):], following
+        if page.next_uri:
+            self.log.warning("Dune answered with a next_uri outside the connection's base URL (host %s); the next "
+                             "page is read from %s by next_offset instead, so the key never leaves it",
+                             urllib.parse.urlsplit(page.next_uri).netloc, base)
+        if page.next_offset is not None and page.next_offset > offset:
+            return path, {**params, "offset": page.next_offset}
+        return None
+
+
+def _int(value: object, default: int) -> int:
+    return int(value) if isinstance(value, (str, int)) and str(value).isdigit() else default
+
 
 class DuneQueryLink(ExecutionLink):
     name = "Dune query"
 
 
-class DuneRunQueryOperator(ExecutionOperator):
+class DuneRunQueryOperator(ExecutionOperator[DuneHook]):
     """Run a Dune query (a saved query by id, or raw SQL), wait for it, and return its rows.
 
     :param query_id: a saved query's id (templated). Give this or ``sql``.
@@ -257,15 +286,13 @@ class DuneRunQueryOperator(ExecutionOperator):
     def link_info(self) -> Mapping[str, Any]:
         return {"query_id": self.query_id if self.sql is None else None}
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, DuneHook)
+    def start_execution(self, hook: DuneHook, context: Context) -> str:
         if self.sql is not None:
             return hook.execute_sql(self.sql, performance=self.performance)
         return hook.execute_query(self._query_id_number(), parameters=self.query_parameters,
                                   performance=self.performance)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
-        assert isinstance(hook, DuneHook)
+    def fetch_result(self, hook: DuneHook, status: ExecutionStatus) -> Any:
         partial = status.vendor_status.upper().endswith("COMPLETED_PARTIAL")
         if partial and not self.allow_partial_results:
             from airflow_provider_cancel.core.errors import ExecutionFailed

@@ -1,6 +1,6 @@
 """izieroma: the hosted ROMA API (Iziedking's free community backend of Sentient's multi-agent ROMA).
 
-One execution is a multi-agent run on a text `goal`. API facts (CONTRACTS.md section 1): `X-API-Key`;
+One execution is a multi-agent run on a text `goal`. API facts (docs/izieroma.md): `X-API-Key`;
 statuses pending/running/completed/failed/cancelled; `X-Idempotency-Key` on create (same key within 24 h
 returns the original response), so a create that timed out is retried safely; the result string is on
 `/status` once completed. No dashboard, hence no extra link.
@@ -318,7 +318,7 @@ class IzieromaHook(ExecutionHook):
         call = ApiCall("POST", EXECUTIONS, "create", json=dict(body), headers=headers,
                        retry_safe=idempotency_key is not None)
         started = parse_model(RomaStarted, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(started.execution_id)
+        return self.started(started.execution_id)
 
     # -- adapter ---------------------------------------------------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:
@@ -375,7 +375,7 @@ class IzieromaHook(ExecutionHook):
 
 
 # -- operator ----------------------------------------------------------------------------------------------
-class IzieromaRunOperator(ExecutionOperator):
+class IzieromaRunOperator(ExecutionOperator[IzieromaHook]):
     """Run a ROMA multi-agent execution on a goal, wait for it, and return its result.
 
     :param goal: what to solve (templated); 1-10,000 characters, not blank.
@@ -426,15 +426,13 @@ class IzieromaRunOperator(ExecutionOperator):
     def validate_request(self) -> None:
         self._request = execution_request(**self._fields(), where=self.task_id)
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, IzieromaHook)
+    def start_execution(self, hook: IzieromaHook, context: Context) -> str:
         if self._request is None:
             self.validate_request()
         assert self._request is not None
         return hook.start(self._request, idempotency_key=self.idempotency_key(context))
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
-        assert isinstance(hook, IzieromaHook)
+    def fetch_result(self, hook: IzieromaHook, status: ExecutionStatus) -> Any:
         result = hook.get_result(status)
         if result["result"] is None:
             self.log.warning("ROMA execution %s completed without a result", status.execution_id)

@@ -1,6 +1,6 @@
 """Meibel AI: a batch execution (an agent run over every data element of a datasource), Temporal-backed.
 
-API facts (CONTRACTS.md §4): `Meibel-API-Key`; base https://api.meibel.ai/v2. Two ways to start: execute a
+API facts (docs/meibel.md): `Meibel-API-Key`; base https://api.meibel.ai/v2. Two ways to start: execute a
 saved batch definition (no body) or the legacy create with a `batch_spec_json`. No idempotency mechanism is
 documented, so a create is never retried after an ambiguous failure. The status words are NOT documented:
 the known ones are mapped below, a set `end_time` is a second "it has ended" signal, and an unknown word is
@@ -245,14 +245,14 @@ class MeibelHook(ExecutionHook):
         path = Paths.EXECUTE_DEFINITION.format(definition_id=quote_path_id(definition_id))
         call = ApiCall("POST", path, "create", retry_safe=False)
         started = parse_model(ExecuteBatchDefinitionResponse, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(started.execution_id)
+        return self.started(started.execution_id)
 
     def create_batch_execution(self, batch_spec: Mapping[str, Any]) -> str:
         """The legacy create: run `batch_spec` (a LegacyBatchSpecJson); returns the new execution's id."""
         body = {"batch_spec_json": batch_spec_body(batch_spec, where="MeibelHook.create_batch_execution")}
         call = ApiCall("POST", Paths.EXECUTIONS, "create", json=body, retry_safe=False)
         created = parse_model(BatchExecution, self.client.request(call), vendor=self.vendor, call=call)
-        return self.trust(created.id)
+        return self.started(created.id)
 
     # -- adapter ---------------------------------------------------------------------------------------------
     def status_call(self, execution_id: str) -> ApiCall:
@@ -325,7 +325,7 @@ class MeibelConsoleLink(ExecutionLink):
     name = "Meibel console"
 
 
-class MeibelRunBatchOperator(ExecutionOperator):
+class MeibelRunBatchOperator(ExecutionOperator[MeibelHook]):
     """Run a Meibel batch execution (a saved batch definition, or a legacy batch spec), wait, return a summary.
 
     :param batch_definition_id: the saved batch definition to execute (templated). Give this or ``batch_spec``.
@@ -379,14 +379,13 @@ class MeibelRunBatchOperator(ExecutionOperator):
         else:
             batch_spec_body(self.batch_spec, where=self.task_id)
 
-    def start_execution(self, hook: ExecutionHook, context: Context) -> str:
-        assert isinstance(hook, MeibelHook)
+    def start_execution(self, hook: MeibelHook, context: Context) -> str:
         if self.batch_definition_id is not None:
             return hook.execute_batch_definition(self.batch_definition_id)
         assert isinstance(self.batch_spec, Mapping)
         return hook.create_batch_execution(self.batch_spec)
 
-    def fetch_result(self, hook: ExecutionHook, status: ExecutionStatus) -> Any:
+    def fetch_result(self, hook: MeibelHook, status: ExecutionStatus) -> Any:
         summary = result_summary(status, max_items=self.max_items)
         if summary["failed"]:
             if self.fail_on_item_errors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ from .airflow_stack import AirflowStack
 DAGS = Path(__file__).parent / "dags"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 E2E_KEY = "sk-E2E-SECRET-5d1c9b"
+# The orphan sweep (airflow_provider_cancel.orphans) runs in the stack's scheduler for every e2e test; short
+# settings so that N1-N5 (test_orphans.py) finish in minutes; the defaults are 30 s, 90 s and 300 s.
+SWEEP_INTERVAL, SWEEP_GRACE, HEARTBEAT_TIMEOUT = 5, 15, 60
 VENDORS = CONN_TYPES
 
 
@@ -41,6 +45,10 @@ def stack(e2e_emulator: EmulatorProcess) -> Iterator[AirflowStack]:
         for vendor in VENDORS
     }
     env["AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL"] = "2"  # K8's backstop fires within 2 s, not 15
+    env["AIRFLOW__PROVIDER_CANCEL__ORPHAN_SWEEP_INTERVAL"] = str(SWEEP_INTERVAL)
+    env["AIRFLOW__PROVIDER_CANCEL__ORPHAN_SWEEP_GRACE"] = str(SWEEP_GRACE)
+    env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(HEARTBEAT_TIMEOUT)
+    env["E2E_CALLBACK_MARKERS"] = tempfile.mkdtemp(prefix="e2e-callbacks-")  # N2: the user's own callback
     with AirflowStack(DAGS, env=env, parallelism=32) as airflow:
         yield airflow
 
@@ -63,8 +71,9 @@ class Matrix:
 
     @staticmethod
     def _order(row: dict) -> tuple:
-        path = str(row["path"])
-        return int(path[1:]) if path[1:].isdigit() else 99, str(row["mode"]), str(row["vendor"])
+        path = str(row["path"])  # K rows (kill paths), then N (deaths no provider code sees), then D (distributed)
+        family = {"K": 0, "N": 1, "D": 2}.get(path[:1], 3)
+        return family, int(path[1:]) if path[1:].isdigit() else 99, str(row["mode"]), str(row["vendor"])
 
     def pivot(self) -> str:
         """One line per kill path and mode, one column per vendor: result, cancels, kill -> cancel seconds."""

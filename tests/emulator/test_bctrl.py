@@ -290,5 +290,109 @@ def test_openapi_lists_the_bctrl_routes(emulator: EmulatorProcess) -> None:
     paths = httpx.get(f"{emulator.url}/_emulator/openapi.json").json()["paths"]
     for path in ("/bctrl/v1/spaces/{space_id}/runtimes/{runtime_id}/invocations",
                  "/bctrl/v1/invocations/{invocation_id}", "/bctrl/v1/invocations/{invocation_id}/cancel",
-                 "/bctrl/v1/invocations/{invocation_id}/wait", "/bctrl/v1/runs/{run_id}/invocations"):
+                 "/bctrl/v1/invocations/{invocation_id}/wait", "/bctrl/v1/runs/{run_id}/invocations",
+                 "/bctrl/v1/runs/{run_id}/invocations/{invocation_id}",
+                 "/bctrl/v1/runtimes/{runtime_id}/invocations",
+                 "/bctrl/v1/runtimes/{runtime_id}/invocations/{invocation_id}/cancel",
+                 "/bctrl/v1/runtimes/{runtime_id}/invocations/{invocation_id}/wait"):
         assert path in paths
+
+
+# -- generation 2: runtime-scoped invocations of one action (bctrl's published OpenAPI types) -------------------
+RUNTIME_CREATE = f"/v1/runtimes/{RUNTIME}/invocations"
+# The properties of the spec's Invocation schema (components.schemas.Invocation), all of them always sent.
+ACTION_INVOCATION_KEYS = {"action", "createdAt", "durationSeconds", "error", "finishedAt", "id", "output", "runId",
+                          "runtimeId", "startedAt", "status"}
+
+
+def act(bctrl: httpx.Client, scenario: str = "succeed:2", key: str | None = None, **extra: Any) -> dict[str, Any]:
+    body = {"action": "extract", "instruction": "Extract the order total.", "metadata": {"emulate": scenario},
+            **extra}
+    response = bctrl.post(RUNTIME_CREATE, json=body, headers={"Idempotency-Key": key} if key else {})
+    assert response.status_code == 202, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def test_runtime_create_answers_202_with_the_specs_invocation(bctrl: httpx.Client, control: EmulatorClient) -> None:
+    inv = act(bctrl, key="k-2")
+    assert set(inv) == ACTION_INVOCATION_KEYS
+    assert (inv["status"], inv["action"], inv["runtimeId"]) == ("queued", "extract", RUNTIME)
+    assert UUID.fullmatch(inv["id"]) and UUID.fullmatch(inv["runId"]) and inv["output"] is None
+    assert control.execution(inv["id"])["idempotency_key"] == "k-2"
+    assert act(bctrl, key="k-2")["id"] == inv["id"]  # the same key and request replays the same invocation
+    conflict = bctrl.post(RUNTIME_CREATE, json={"action": "act", "instruction": "Click buy"},
+                          headers={"Idempotency-Key": "k-2"})
+    assert conflict.status_code == 409 and conflict.json()["code"] == "idempotency.conflict"
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({"steps": STEPS}, "steps"),  # a generation-1 body is not an action request
+    ({"instruction": "x"}, "action"),
+    ({"action": "dance", "instruction": "x"}, "action"),
+    ({"action": "observe"}, "instruction"),
+    ({"action": "act"}, "instruction"),
+    ({"action": "extract", "instruction": "  "}, "instruction"),
+    ({"action": "extract", "metadata": ["x"]}, "metadata"),
+    ({"action": "solveCaptcha", "timeoutSeconds": 0}, "timeoutSeconds"),
+])
+def test_runtime_create_checks_the_action_request(bctrl: httpx.Client, control: EmulatorClient,
+                                                  body: dict[str, Any], path: str) -> None:
+    response = bctrl.post(RUNTIME_CREATE, json=body)
+    assert response.status_code == 400 and response.json()["code"] == "request.invalid"
+    assert response.json()["details"] == {"path": path}
+    assert control.executions(vendor="bctrl") == []
+
+
+def test_runtime_invocation_reads_succeed_with_output_or_fail_with_a_code(bctrl: httpx.Client) -> None:
+    inv = act(bctrl, "succeed:2")
+    seen = [read(bctrl, inv["id"]) for _ in range(3)]
+    assert [s["status"] for s in seen] == ["dispatching", "running", "succeeded"]
+    assert all(set(s) == ACTION_INVOCATION_KEYS for s in seen)
+    assert seen[-1]["output"]["action"] == "extract" and seen[-1]["error"] is None
+    assert seen[-1]["finishedAt"] and isinstance(seen[-1]["durationSeconds"], float)
+    failed = read(bctrl, act(bctrl, "fail:0")["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invocation.failed" and failed["output"] is None
+    timed_out = read(bctrl, act(bctrl, "partial:0")["id"])
+    assert timed_out["status"] == "timed_out" and timed_out["error"]["code"] == "invocation.timed_out"
+
+
+def test_runtime_cancel_takes_no_body_is_asynchronous_and_only_on_its_runtime(
+    bctrl: httpx.Client, control: EmulatorClient
+) -> None:
+    inv = act(bctrl, "forever")
+    elsewhere = bctrl.post(f"/v1/runtimes/{BUSY_RUNTIME_ID}/invocations/{inv['id']}/cancel")
+    assert elsewhere.status_code == 404 and elsewhere.json()["code"] == "invocation.not_found"
+    cancel = bctrl.post(f"{RUNTIME_CREATE}/{inv['id']}/cancel")
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelling"
+    assert [e["body_bytes"] for e in control.cancels(inv["id"])] == [0, 0]  # the journal sees "no body"
+    after = read(bctrl, inv["id"])
+    assert after["status"] == "cancelled" and after["error"]["code"] == "invocation.cancelled"
+    refused = bctrl.post(f"{RUNTIME_CREATE}/{inv['id']}/cancel")
+    assert refused.status_code == 409 and refused.json()["code"] == "invocation.not_cancellable"
+
+
+def test_runtime_wait_takes_seconds_and_the_sdks_milliseconds(bctrl: httpx.Client) -> None:
+    live = act(bctrl, "forever")
+    waited = bctrl.post(f"{RUNTIME_CREATE}/{live['id']}/wait", json={"timeoutSeconds": 0.2})
+    assert waited.status_code == 200
+    assert (waited.json()["waitStatus"], waited.json()["retryAfterSeconds"]) == ("timeout", 1)
+    assert set(waited.json()) == ACTION_INVOCATION_KEYS | {"waitStatus", "retryAfterSeconds"}
+    done = act(bctrl, "succeed:0")
+    by_ms = bctrl.post(f"{RUNTIME_CREATE}/{done['id']}/wait", json={"timeoutMs": 2000})  # what SDK 0.1.0 sends
+    assert by_ms.json()["waitStatus"] == "completed" and by_ms.json()["status"] == "succeeded"
+    assert bctrl.post(f"{RUNTIME_CREATE}/{done['id']}/wait", json={"timeoutSeconds": -1}).status_code == 400
+    bctrl.post(f"{RUNTIME_CREATE}/{live['id']}/cancel")
+
+
+def test_runs_list_and_get_serve_both_generations(bctrl: httpx.Client) -> None:
+    steps, action = invoke(bctrl, "succeed:1"), act(bctrl, "succeed:1")
+    run_id = steps["runId"]
+    assert action["runId"] == run_id  # one run per runtime, whatever created the invocation
+    listed = {i["id"]: i for i in bctrl.get(f"/v1/runs/{run_id}/invocations").json()["data"]}
+    assert listed[action["id"]]["action"] == "extract" and "entryCall" not in listed[action["id"]]
+    assert listed[steps["id"]]["entryCall"] == "browser.goto"
+    one = bctrl.get(f"/v1/runs/{run_id}/invocations/{action['id']}")
+    assert one.status_code == 200 and one.json()["id"] == action["id"]
+    other_run = "00000000-0000-4000-8000-000000000001"
+    assert bctrl.get(f"/v1/runs/{other_run}/invocations/{action['id']}").status_code == 404

@@ -39,8 +39,14 @@ def started_by_try_one(vendor: str, scenario: str, task_id: str, store: FakeStor
     execution_id = scenario_operator(vendor, scenario, task_id=task_id, wait_for_completion=False).execute(
         make_context(ti, store)
     )
-    assert store.values[STATE_STORE_KEY] == {"execution_id": execution_id, "try_number": 1}
+    assert recorded(store) == (execution_id, 1)
     return execution_id
+
+
+def recorded(store: FakeStore) -> tuple[str, int]:
+    """The execution id and the try that started it, as the task instance's record holds them."""
+    value = store.values[STATE_STORE_KEY]
+    return value["execution_id"], value["try_number"]
 
 
 def fresh_task(prefix: str) -> tuple[str, FakeStore, FakeTI]:
@@ -74,7 +80,7 @@ def test_an_execution_this_try_started_and_someone_cancelled_fails_without_resta
     creates = len(journal_ids(emu, vendor, "create"))
     with pytest.raises(ExecutionCancelledRemotely, match="cancelled outside this task"):
         task.execute(make_context(ti1, store))
-    assert store.values[STATE_STORE_KEY] == {"execution_id": task.execution_id, "try_number": 1}
+    assert recorded(store) == (task.execution_id, 1)
     assert len(journal_ids(emu, vendor, "create")) == creates + 1  # nothing restarted
 
 
@@ -92,7 +98,7 @@ async def test_a_deferred_adopted_execution_cancelled_is_restarted_and_deferred_
     with pytest.raises(TaskDeferred) as again:
         resumed.execute_complete(ctx, event)
     second = again.value.trigger.execution_id
-    assert second != first and store.values[STATE_STORE_KEY] == {"execution_id": second, "try_number": 2}
+    assert second != first and recorded(store) == (second, 2)
     resumed.on_kill()  # clean up: the new execution is this try's own
     assert len(emu.cancels(second)) == 1 and emu.cancels(first) == []
 

@@ -10,19 +10,15 @@ import threading
 import uuid
 
 import pytest
-from airflow.jobs.triggerer_job_runner import _USER_ACTION_CANCEL_MSG
-from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from airflow_provider_cancel.core.errors import (
     ExecutionApiError,
-    ExecutionCancelledRemotely,
-    ExecutionFailed,
     ExecutionKilled,
     ProviderConfigError,
 )
 from airflow_provider_cancel.core.hook import CancelOutcome
 from airflow_provider_cancel.core.http import ApiCall, ClientTimeouts, RetryPolicy
-from airflow_provider_cancel.core.operator import STATE_STORE_KEY, XCOM_EXECUTION_ID, XCOM_EXECUTION_URL
+from airflow_provider_cancel.core.operator import XCOM_EXECUTION_URL
 from airflow_provider_cancel.core.state import ExecutionState
 from airflow_provider_cancel.emulator.testing import wait_for
 from airflow_provider_cancel.vendors.b3os import (
@@ -76,7 +72,7 @@ def statuses(emu, run_id: str) -> list[dict]:
 
 
 # -- sync lifecycle ---------------------------------------------------------------------------------------
-def test_sync_success_returns_outputs_records_the_id_and_sends_no_cancel(emu):
+def test_success_returns_each_nodes_output_and_the_run_id_is_the_clients(emu):
     task = op("succeed:3")
     ctx = context()
     result = task.execute(ctx)
@@ -86,14 +82,10 @@ def test_sync_success_returns_outputs_records_the_id_and_sends_no_cancel(emu):
     assert set(result["outputs"]) == {"root", "fetch_price", "notify"}
     assert result["outputs"]["root"] == {"emulate": "succeed:3"}  # the payload is the trigger's output
     assert result["outputs"]["notify"]["node"] == "notify"
-    assert ctx["ti"].xcoms[XCOM_EXECUTION_ID] == run_id
     assert ctx["ti"].xcoms[XCOM_EXECUTION_URL] == f"https://b3os.org/workflows/{WORKFLOW}"
-    assert STATE_STORE_KEY not in ctx["task_state_store"].values  # recorded before polling, forgotten on success
     polls = statuses(emu, run_id)
     assert len(polls) >= 4 and "summary=true" in polls[0]["query"]
     assert "summary" not in polls[-1]["query"]  # the one full read for outputs
-    task.on_kill()  # Airflow 3.3 may SIGTERM after success: must not cancel
-    assert emu.cancels(run_id) == []
 
 
 def test_progress_counts_nodes_and_shows_compute_units(emu):
@@ -127,25 +119,6 @@ def test_inline_definition_runs_and_has_no_link(emu):
     assert XCOM_EXECUTION_URL not in ctx["ti"].xcoms  # no page for an ephemeral run; none invented
     record = emu.execution(result["run_id"])
     assert record["data"]["workflowId"] == "" and record["data"]["propValues"] == {"chain": "base"}
-
-
-def test_remote_failure_names_the_failed_nodes_and_sends_no_cancel(emu):
-    task = op("fail:2")
-    with pytest.raises(ExecutionFailed) as err:
-        task.execute(context())
-    message = str(err.value)
-    assert "(failure)" in message and "node 'notify' (log) failed" in message
-    assert "insufficient funds for gas" in message  # the node's own result
-    assert emu.cancels(task.execution_id) == []
-
-
-def test_cancelled_by_someone_else_fails_without_retry(emu):
-    task = op("remote_cancel:2")
-    with pytest.raises(ExecutionCancelledRemotely) as err:
-        task.execute(context())
-    assert isinstance(err.value, AirflowFailException)
-    assert "cancelled outside this task" in str(err.value)
-    assert emu.cancels(task.execution_id) == []
 
 
 # -- B3OS specifics ------------------------------------------------------------------------------------------
@@ -382,41 +355,7 @@ def test_the_hook_refuses_bad_definitions_and_options_before_any_request(emu):
     assert len(emu.journal(vendor="b3os")) == seen
 
 
-@pytest.mark.parametrize("bad", ["", "run_", "../etc", "run_x/../y", "run_a b", "run_" + "é" * 5, "x" * 10_000,
-                                 "run_a?b#c", "01HKZJ2683PHF9Q9PHHQ8FW4Q1"])
-def test_malformed_run_ids_are_refused_before_any_request(emu, bad):
-    seen = len(emu.journal(vendor="b3os"))
-    with pytest.raises(ProviderConfigError, match="execution id"):
-        B3osHook(CONN).get_status(bad)
-    assert len(emu.journal(vendor="b3os")) == seen
-
-
-def test_wrong_key_is_a_clear_error_and_the_key_is_not_in_it(emu):
-    with pytest.raises(ExecutionApiError) as err:
-        B3osHook("b3os_badkey").run_workflow(WORKFLOW)
-    assert err.value.status_code == 401 and "API key" in str(err.value)
-    assert "sk-wrong-key" not in str(err.value) and API_KEY not in str(err.value)
-
-
-def test_test_connection(emulator):
-    ok, message = B3osHook(CONN).test_connection()
-    assert ok, message
-    ok, message = B3osHook("b3os_badkey").test_connection()
-    assert not ok and "rejected the API key" in message and "sk-wrong-key" not in message
-
-
 # -- deferrable lifecycle: the trigger driven as Airflow's triggerer drives it -----------------------------
-
-
-async def test_deferred_success_resumes_with_the_outputs_and_no_cancel(emu):
-    ctx = context()
-    trigger = defer(op("succeed:3", deferrable=True), ctx)
-    events = await drive_trigger(trigger)
-    assert [e["kind"] for e in events] == ["terminal"] and events[0]["state"] == "succeeded"
-    fresh = op("succeed:3", deferrable=True)  # the worker resumes a new object
-    result = fresh.execute_complete(ctx, events[0])
-    assert result["run_id"] == trigger.execution_id and "notify" in result["outputs"]
-    assert emu.cancels(trigger.execution_id) == []
 
 
 async def test_deferred_waiting_run_keeps_the_trigger_waiting_until_it_ends(emu):
@@ -427,46 +366,14 @@ async def test_deferred_waiting_run_keeps_the_trigger_waiting_until_it_ends(emu)
     assert len(statuses(emu, trigger.execution_id)) >= 5
 
 
-async def test_deferred_failure_names_the_failed_nodes(emu):
-    ctx = context()
-    trigger = defer(op("fail:2", deferrable=True), ctx)
-    events = await drive_trigger(trigger)
-    assert events[0]["state"] == "failed"
-    with pytest.raises(ExecutionFailed, match="node 'notify'"):
-        op("fail:2", deferrable=True).execute_complete(ctx, events[0])
-    assert emu.cancels(trigger.execution_id) == []
-
-
 # -- retry after a hard worker crash ----------------------------------------------------------------------
-def test_a_new_try_reattaches_to_the_live_run_of_a_crashed_try(emu):
-    store = FakeStore()
-    run_id = B3osHook(CONN).run_workflow(WORKFLOW, payload={"emulate": "succeed:5"})
-    store.set(STATE_STORE_KEY, run_id)
-    before = len(creates(emu))
-    result = op(task_id="crashy").execute(context("crashy", 2, store))
-    assert result["run_id"] == run_id and len(creates(emu)) == before
-    assert emu.cancels(run_id) == []
 
 
 # -- sensor --------------------------------------------------------------------------------------------------
-def test_sensor_succeeds_fails_with_the_failed_nodes_and_never_cancels(emu):
-    hook = B3osHook(CONN)
-    good = hook.run_workflow("wf_approval", payload={"emulate": "succeed:2"})  # waiting, then success
-    bad = hook.run_workflow(WORKFLOW, payload={"emulate": "fail:1"})
+def test_sensor_waits_through_a_waiting_run_and_never_cancels(emu):
+    good = B3osHook(CONN).run_workflow("wf_approval", payload={"emulate": "succeed:2"})  # waiting, then success
     B3osRunSensor(task_id="s", conn_id=CONN, execution_id=good, poke_interval=0.05,
                   deferrable=False).execute(context())
-    failing = B3osRunSensor(task_id="s2", conn_id=CONN, execution_id=bad, poke_interval=0.05, deferrable=False)
-    with pytest.raises(AirflowFailException, match="node 'notify'"):
-        failing.execute(context())
-    assert emu.cancels(good) == [] and emu.cancels(bad) == []
+    assert [e["status_code"] for e in statuses(emu, good)].count(200) >= 3 and emu.cancels(good) == []
 
 
-async def test_deferrable_sensor_kill_does_not_cancel(emu):
-    run_id = B3osHook(CONN).run_workflow(WORKFLOW, payload={"emulate": "forever"})
-    sensor = B3osRunSensor(task_id="s", conn_id=CONN, execution_id=run_id, poke_interval=0.05, deferrable=True)
-    with pytest.raises(TaskDeferred) as deferred:
-        sensor.execute(context())
-    await drive_trigger(deferred.value.trigger, cancel_when=lambda: len(statuses(emu, run_id)) > 1,
-                        cancel_msg=_USER_ACTION_CANCEL_MSG)
-    assert emu.cancels(run_id) == []
-    B3osHook(CONN).cancel(run_id)

@@ -7,6 +7,8 @@ then on_kill) cancels once (K4); an API error that is not transient cancels befo
 
 from __future__ import annotations
 
+import sys
+import threading
 import uuid
 
 import pytest
@@ -41,6 +43,33 @@ def test_on_kill_while_polling_cancels_once_and_the_task_does_not_succeed(emu, v
     assert isinstance(outcome.get("error"), ExecutionKilled), outcome
     assert len(emu.cancels(task.execution_id)) == 1
     assert emu.execution(task.execution_id)["state"] in ("cancelled", "cancelling")
+
+
+def test_two_kills_at_the_same_instant_send_one_cancel(emu, vendor):
+    """Two on_kill calls racing (a SIGTERM and the timeout path, from two threads) must not both cancel: the
+    once-flag used to be a check-then-set, and 2 of 40 trials sent two. Threads switch as often as the
+    interpreter allows here, so that a window between a check and a set is met if there is one."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        races(emu, vendor)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def races(emu, vendor: str) -> None:
+    for _ in range(10):
+        task, context = running_task(vendor)
+        worker, outcome = in_thread(task, context)
+        wait_for(lambda t=task: t.execution_id and emu.journal(action="status", execution_id=t.execution_id), 20)
+        barrier = threading.Barrier(2)
+        kills = [threading.Thread(target=lambda t=task, b=barrier: (b.wait(), t.on_kill())) for _ in range(2)]
+        for kill in kills:
+            kill.start()
+        for kill in (*kills, worker):
+            kill.join(20)
+        assert isinstance(outcome.get("error"), ExecutionKilled), outcome
+        assert len(emu.cancels(task.execution_id)) == 1
 
 
 def test_execution_timeout_cancels_once_via_airflows_own_timeout_and_on_kill(emu, vendor):

@@ -18,8 +18,8 @@ The triggerer here is the real one (``legacy_triggerer.py``): the forked ``Trigg
 ``SUPERVISOR_COMMS``, the ``TriggerRunnerSupervisor`` that answers ``GetTaskStates`` through the real Execution
 API client. Only the metadata DB behind it is a table in this process.
 
-Tests parametrized ``proposed-fix`` run with ``_task_left_deferral_proposed`` monkeypatched over the core's
-``ExecutionTrigger._task_left_deferral``: the fix proposed for the core (bounded lookup, mapped-task key), shown
+Tests parametrized ``proposed-fix`` run with ``_task_state_proposed`` monkeypatched over the core's
+``ExecutionTrigger._task_state``: the fix proposed for the core (bounded lookup, mapped-task key), shown
 working here because this module must not edit the core. Their ``core`` twins xfail while the core has the two
 bugs (the shutdown hang on 3.2.2, the mapped-task key on 3.0-3.2) and pass once it is fixed.
 """
@@ -66,11 +66,11 @@ LOOKUP_FAILED_LOG = "Could not read the task's state"
 STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s the triggerer waits between SIGINT and SIGTERM at shutdown
 
 
-async def _task_left_deferral_proposed(self: ExecutionTrigger) -> bool:
-    """ExecutionTrigger._task_left_deferral as proposed for the core (the diff is in the report)."""
+async def _task_state_proposed(self: ExecutionTrigger) -> str | None:
+    """ExecutionTrigger._task_state as proposed for the core (the diff is in the report)."""
     ti = getattr(self, "task_instance", None)
     if ti is None:
-        return False
+        return None
     try:
         from airflow.sdk.execution_time import task_runner
         from airflow.sdk.execution_time.comms import GetTaskStates
@@ -88,15 +88,15 @@ async def _task_left_deferral_proposed(self: ExecutionTrigger) -> bool:
         state = reply.task_states[ti.run_id][key]
     except Exception as err:
         self.log.warning("Could not read the task's state; not cancelling %s: %r", self.execution_id, err)
-        return False
-    return str(state) != "deferred"
+        return None
+    return str(state)
 # -- end of PROPOSED FIX ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(params=["core", "proposed-fix"])
 def variant(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "proposed-fix":
-        monkeypatch.setattr(ExecutionTrigger, "_task_left_deferral", _task_left_deferral_proposed)
+        monkeypatch.setattr(ExecutionTrigger, "_task_state", _task_state_proposed)
     return str(request.param)
 
 

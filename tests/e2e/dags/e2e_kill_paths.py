@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, BaseOperator
@@ -121,3 +124,32 @@ with DAG(dag_id="e2e_handover", schedule=None, start_date=datetime(2025, 1, 1), 
         backstop = factory(f"k8_backstop_{vendor}", "forever", deferrable=True,
                            execution_timeout=timedelta(seconds=45), **FAST)
         backstop.defer_backstop = timedelta(seconds=1)
+
+
+# N1-N5: the deaths where no provider code runs (docs/kill-paths.md). The orphan sweep, in the scheduler, must
+# cancel each execution once; cancel_orphans=False keeps it running.
+MARKERS = Path(os.environ.get("E2E_CALLBACK_MARKERS", "/tmp"))
+
+
+def users_own_failure_callback(context: Any) -> None:
+    """A user's on_failure_callback: the sweep must not replace it (it writes a marker the test reads)."""
+    ti = context["ti"]
+    MARKERS.mkdir(parents=True, exist_ok=True)
+    (MARKERS / f"{ti.dag_id}.{ti.task_id}.failed").write_text(json.dumps({"try_number": ti.try_number}))
+
+
+# task id prefix -> (deferrable, extra arguments)
+DEATHS: dict[str, tuple[bool, dict[str, Any]]] = {
+    "n1_oom": (False, {}),  # the task process SIGKILLed (the OOM killer's way), no retry left
+    "n1_off": (False, {"cancel_orphans": False}),  # the same with the sweep turned off: left running
+    "n2_lost": (False, {"on_failure_callback": users_own_failure_callback}),  # the whole worker lost
+    "n3_nottrig": (True, {}),  # deferred, killed before any triggerer started its trigger
+    "n4_refused": (False, {}),  # marked failed while the vendor refuses every cancel of on_kill
+    "n5_cutshort": (False, {}),  # marked failed, then SIGKILLed before on_kill could send anything
+}
+
+with DAG(dag_id="e2e_orphans", schedule=None, start_date=datetime(2025, 1, 1), catchup=False,
+         max_active_tasks=64) as e2e_orphans:
+    for vendor, factory in FACTORIES.items():
+        for prefix, (deferrable, extra) in DEATHS.items():
+            factory(f"{prefix}_{vendor}", "forever", deferrable=deferrable, **{**FAST, **extra})
