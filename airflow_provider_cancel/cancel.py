@@ -159,7 +159,8 @@ class CancelExecutionOperator(BaseOperator):
                 continue
             waiter = poll.Waiter(hook.vendor, execution_id, schedule=schedule, started_at=started, deadline=deadline,
                                  log=self.log, progress=False)
-            ending = poll.wait(waiter, lambda left, eid=execution_id: hook.get_status(eid),  # type: ignore[misc]
+            ending = poll.wait(waiter, lambda left, eid=execution_id: hook.get_status(  # type: ignore[misc]
+                eid, deadline=poll.request_deadline(left)),
                                lambda seconds: self._sleep(hook, ids, states, seconds))
             if isinstance(ending, poll.DeadlinePassed):
                 still = ", ".join(i for i in ids if i not in states)

@@ -1,8 +1,16 @@
-"""Exceptions raised by the provider. None of them ever carries an API key."""
+"""Exceptions raised by the provider. None of them ever carries an API key: vendor text is scrubbed of every secret
+the provider knows (`core.redact`)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+from airflow_provider_cancel.core.redact import scrub
+
+if TYPE_CHECKING:
+    from airflow_provider_cancel.core.http import RateLimit
 
 
 class ProviderConfigError(AirflowException):
@@ -24,16 +32,22 @@ class ExecutionApiError(AirflowException):
         request_id: str | None = None,
         retry_after: float | None = None,
         conn_id: str | None = None,
+        rate_limit: RateLimit | None = None,
+        transient: bool | None = None,
     ) -> None:
         self.vendor = vendor
         self.conn_id = conn_id
         self.method = method
         self.path = path
         self.status_code: int | None = status_code  # type: ignore[assignment]  # the vendor's HTTP status, not ours
-        self.message = message
+        self.message = scrub(message)  # vendor text: a 401 body may echo the key it refused
         self.code = code
         self.request_id = request_id
         self.retry_after = retry_after
+        self.rate_limit = rate_limit  # what the error answer's headers said about our budget, if it had any
+        # Whether asking again later may succeed; None: as the HTTP status says. True for an answer that came but
+        # could not be used (unreadable, about another execution): a wait goes on.
+        self.transient = transient
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -45,7 +59,7 @@ class ExecutionApiError(AirflowException):
         text = f"{where} -> {what}: {self.message}"
         if self.request_id:
             text += f" (request id {self.request_id})"
-        return text
+        return scrub(text)
 
     def __reduce__(self):  # keep pickling (e.g. across process boundaries) working with keyword init
         return (_rebuild_api_error, (self.__dict__.copy(),))
@@ -57,7 +71,8 @@ def _rebuild_api_error(state: dict) -> ExecutionApiError:
 
 
 _API_ERROR_FIELDS = (
-    "vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after", "conn_id"
+    "vendor", "method", "path", "status_code", "message", "code", "request_id", "retry_after", "conn_id",
+    "rate_limit", "transient",
 )
 
 

@@ -7,7 +7,9 @@ goes through `ApiClient`, so retries, timeouts, errors and secrets are handled i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -16,33 +18,99 @@ from typing import Any, ClassVar, TypeVar
 from airflow.providers.common.compat.sdk import BaseHook
 from pydantic import BaseModel, ValidationError
 
+from airflow_provider_cancel.core import redact
 from airflow_provider_cancel.core.errors import ExecutionApiError, ProviderConfigError
 from airflow_provider_cancel.core.http import (
     NO_RETRY,
+    Answer,
     ApiCall,
     ApiClient,
     ClientTimeouts,
     RetryPolicy,
+    url_credentials,
     validate_base_url,
 )
 from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState, ExecutionStatus
 
+log = logging.getLogger(__name__)
 Model = TypeVar("Model", bound=BaseModel)
+HookT = TypeVar("HookT", bound="ExecutionHook")
 MAX_ID_LENGTH = 200
 
 
 def parse_model(model: type[Model], body: Any, *, vendor: str, call: ApiCall) -> Model:
-    """Validate a vendor payload; a wrong shape becomes one clear, non-retryable error naming the field."""
+    """Validate a vendor payload. Only what the model requires (the id, the state word) is strict: a wrong shape
+    there is one clear error naming the field (transient: a wait asks again). An optional field of an unexpected
+    type is dropped, with one warning per vendor and field, so that what can be read still is."""
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]
-        )
-        raise ExecutionApiError(
-            vendor=vendor, method=call.method, path=call.path, status_code=200,
-            message=f"unexpected response shape ({problems})",
-        ) from None
+        errors = exc.errors()
+    if isinstance(body, Mapping):
+        for _ in range(_MAX_REPAIRS):
+            drops = _optional_parts(model, body, errors)
+            if drops is None:
+                break
+            for path in sorted(drops, reverse=True):  # the last list items first: earlier indices stay valid
+                body = _without(body, path)
+                _warn_once(vendor, model, path)
+            try:
+                return model.model_validate(body)
+            except ValidationError as exc:
+                errors = exc.errors()
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in errors[:5]
+    )
+    raise ExecutionApiError(
+        vendor=vendor, method=call.method, path=call.path, status_code=200,
+        message=f"unexpected response shape ({problems})", transient=True,
+    )
+
+
+_MAX_REPAIRS = 8  # rounds of dropping: a nested field's parent goes in the next round when it cannot do without it
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def _optional_parts(model: type[BaseModel], body: Mapping[str, Any], errors: list[Any]) -> set[tuple] | None:
+    """Where in `body` each error sits, as far as the body goes (a union member's tag in the error's location is
+    not in the body); None when one of them is, or is inside, a field the model requires."""
+    paths: set[tuple] = set()
+    for err in errors:
+        loc, path, value = err["loc"], [], body
+        for part in loc:
+            if (isinstance(value, Mapping) and part in value) or (
+                isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+            ):
+                path.append(part)
+                value = value[part]
+            else:
+                break
+        if not path:
+            return None  # the body itself, or a missing field (a missing optional field is no error)
+        field = model.model_fields.get(str(path[0]))
+        if field is None or field.is_required():
+            return None
+        paths.add(tuple(path))
+    return paths or None
+
+
+def _without(value: Any, path: tuple) -> Any:
+    """A copy of `value` without the element at `path` (only the containers on the way are copied)."""
+    head, rest = path[0], path[1:]
+    copy: Any = dict(value) if isinstance(value, Mapping) else list(value)
+    if rest:
+        copy[head] = _without(copy[head], rest)
+    else:
+        del copy[head]
+    return copy
+
+
+def _warn_once(vendor: str, model: type[BaseModel], path: tuple) -> None:
+    where = ".".join("[]" if isinstance(part, int) else str(part) for part in path)
+    if (vendor, model.__name__, where) not in _WARNED:
+        _WARNED.add((vendor, model.__name__, where))
+        log.warning("%s answered %s field %r with a value of an unexpected type: ignored (logged once)", vendor,
+                    model.__name__, where)
 
 
 def is_template(value: object) -> bool:
@@ -146,19 +214,29 @@ class ExecutionHook(BaseHook):
         return self._async_client
 
     def client_for(self, conn: Any, *, extra: Mapping[str, Any] | None = None) -> ApiClient:
+        """The connection as a client. Its secrets (the key, credentials in the host) are registered with the
+        scrubber and Airflow's masker first; a key or host the provider cannot send safely is refused, naming the
+        connection and the field, never echoing the secret."""
         key = (conn.password or "").strip()
-        if not key:
-            raise ProviderConfigError(
-                f"Connection {self.conn_id!r} ({self.vendor}) has no API key: put the key in its password field."
-            )
-        extra = (conn.extra_dejson if extra is None else extra) or {}
         host = (conn.host or "").strip() or self.default_host
+        redact.register(conn.password, key, *url_credentials(host))
+        where = f"Connection {self.conn_id!r} ({self.vendor})"
+        if not key:
+            raise ProviderConfigError(f"{where} has no API key: put the key in its password field.")
+        if not key.isascii():
+            raise ProviderConfigError(f"{where}: the API key (password field) has non-ASCII characters, which an HTTP "
+                                      "header cannot carry: paste the key again, exactly as the vendor shows it.")
+        if not key.isprintable():
+            raise ProviderConfigError(f"{where}: the API key (password field) has a line break or another control "
+                                      "character inside it: paste the key again, on one line.")
+        extra = (conn.extra_dejson if extra is None else extra) or {}  # the async path read it without blocking
         if "://" not in host:
             host = f"{conn.schema or 'https'}://{host}"
-        if conn.port:  # a separate port field applies when the host has none
-            parts = urllib.parse.urlsplit(host)
-            if parts.port is None:
-                host = parts._replace(netloc=f"{parts.netloc}:{conn.port}").geturl()
+        if conn.port and not url_credentials(host):  # a separate port field applies when the host has none
+            with contextlib.suppress(ValueError):  # an unusable host is refused just below, by name
+                parts = urllib.parse.urlsplit(host)
+                if parts.port is None:
+                    host = parts._replace(netloc=f"{parts.netloc}:{conn.port}").geturl()
         base_url = validate_base_url(
             host, conn_id=self.conn_id, allow_insecure=_truthy(extra.get("allow_insecure_http"))
         )
@@ -269,30 +347,67 @@ class ExecutionHook(BaseHook):
             raise ProviderConfigError(f"{short_repr(value)} is not a valid {self.vendor} execution id{expected}")
         return value
 
-    def get_status(self, execution_id: str) -> ExecutionStatus:
-        call = self.status_call(self.validate_execution_id(execution_id))
-        status = self.parse_status(execution_id, self.client.request(call), call)
-        return dataclasses.replace(status, rate_limit=self.client.rate_limit)
+    def get_status(self, execution_id: str, *, deadline: float | None = None) -> ExecutionStatus:
+        """The execution's status, with what the answer said about our rate budget (`status.rate_limit`).
 
-    async def aget_status(self, execution_id: str) -> ExecutionStatus:
+        `deadline` (a `time.monotonic()` instant) bounds the whole read, retries included."""
+        call = self.status_call(self.validate_execution_id(execution_id))
+        return self._status(execution_id, call, self.client.send(call, deadline=deadline))
+
+    async def aget_status(self, execution_id: str, *, deadline: float | None = None) -> ExecutionStatus:
         call = self.status_call(self.validate_execution_id(execution_id))
         client = await self.aclient()
-        status = self.parse_status(execution_id, await client.arequest(call), call)
-        return dataclasses.replace(status, rate_limit=client.rate_limit)
+        return self._status(execution_id, call, await client.asend(call, deadline=deadline))
 
-    def cancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+    def _status(self, execution_id: str, call: ApiCall, answer: Answer) -> ExecutionStatus:
+        """The adapter's reading of a status answer. One it cannot read, or one about another execution, is an
+        error a wait rides out (transient): never a crash, never another execution's state taken for ours."""
+        try:
+            status = self.parse_status(execution_id, answer.body, call)
+        except ExecutionApiError as err:
+            err.rate_limit = err.rate_limit or answer.rate_limit
+            raise
+        except Exception as err:
+            raise self._unusable(call, answer, f"unreadable status answer ({type(err).__name__}: {err})") from None
+        answered = status.execution_id
+        if answered != execution_id and not (isinstance(answered, str) and answered.lower() == execution_id.lower()):
+            raise self._unusable(call, answer, f"answer about another execution ({short_repr(answered)}, not "
+                                               f"{execution_id}): not taken for this one")
+        return dataclasses.replace(status, execution_id=execution_id, rate_limit=answer.rate_limit)
+
+    def _unusable(self, call: ApiCall, answer: Answer, message: str) -> ExecutionApiError:
+        return ExecutionApiError(vendor=self.vendor, method=call.method, path=call.path, status_code=200,
+                                 message=message, conn_id=self.conn_id, rate_limit=answer.rate_limit, transient=True)
+
+    def cancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
+        """Ask the vendor to cancel; `deadline` (a `time.monotonic()` instant) bounds it, retries included."""
         call = self.cancel_call(self.validate_execution_id(execution_id))
         try:
-            return self.cancel_outcome((client or self.client).request(call))
+            return self._cancel_outcome((client or self.client).request(call, deadline=deadline))
         except ExecutionApiError as err:
             return self._cancel_error(err)
 
-    async def acancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+    async def acancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
         call = self.cancel_call(self.validate_execution_id(execution_id))
         try:
-            return self.cancel_outcome(await (client or await self.aclient()).arequest(call))
+            return self._cancel_outcome(await (client or await self.aclient()).arequest(call, deadline=deadline))
         except ExecutionApiError as err:
             return self._cancel_error(err)
+
+    def _cancel_outcome(self, body: Any) -> CancelOutcome:
+        """The adapter's reading of a cancel answer (a 2xx); one it cannot read still says the cancel was taken."""
+        try:
+            return self.cancel_outcome(body)
+        except ExecutionApiError:
+            raise
+        except Exception as err:
+            self.log.warning("%s accepted a cancel with an answer that could not be read (%s)", self.vendor,
+                             redact.scrub(f"{type(err).__name__}: {err}"))
+            return CancelOutcome.REQUESTED
 
     def _cancel_error(self, err: ExecutionApiError) -> CancelOutcome:
         outcome = self.cancel_error_outcome(err)
@@ -300,8 +415,18 @@ class ExecutionHook(BaseHook):
             raise err
         return outcome
 
+    def __enter__(self: HookT) -> HookT:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def test_connection(self) -> tuple[bool, str]:
         """The UI's Test button: one quick authenticated request, no retries, an answer a person can act on."""
+        ok, message = self._test_connection()
+        return ok, redact.scrub(message)  # shown in the UI: vendor and transport text may echo a secret
+
+    def _test_connection(self) -> tuple[bool, str]:
         try:
             client = self.client.with_options(retry=NO_RETRY)
         except Exception as err:

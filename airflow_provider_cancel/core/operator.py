@@ -223,6 +223,11 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         """The execution this task owns (None before it has started one)."""
         return self._guard.execution_id
 
+    @execution_id.setter
+    def execution_id(self, value: str) -> None:
+        """Own `value` (an execution this task started elsewhere, e.g. in a test)."""
+        self._guard.own(self.hook.trust(value))
+
     def idempotency_key(self, context: Context) -> str:
         """Stable for one try of one task instance: a retried create of the same try starts nothing new."""
         ti = context["ti"]
@@ -292,8 +297,10 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         assert execution_id is not None
         waiter = poll.Waiter(hook.vendor, execution_id, schedule=self._schedule(), started_at=time.monotonic(),
                              log=self.log)
-        ending = poll.wait(waiter, lambda left: self._unless_killed(hook.get_status(execution_id)), self._sleep,
-                           status=status)
+        def read(left: float | None) -> ExecutionStatus:
+            return self._unless_killed(hook.get_status(execution_id, deadline=poll.request_deadline(left)))
+
+        ending = poll.wait(waiter, read, self._sleep, status=status)
         assert isinstance(ending, poll.Finished)  # no deadline of its own
         self._guard.ended()
         return ending.status
@@ -484,7 +491,8 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         started = time.monotonic()
         waiter = poll.Waiter(hook.vendor, execution_id, schedule=self._schedule(), started_at=started,
                              deadline=started + STOP_WAIT, log=self.log, progress=False)
-        ending = poll.wait(waiter, lambda left: hook.get_status(execution_id), self._sleep)
+        ending = poll.wait(waiter, lambda left: hook.get_status(execution_id, deadline=poll.request_deadline(left)),
+                           self._sleep)
         if isinstance(ending, poll.Finished):
             self.log.info("The earlier %s execution %s has stopped (%s)", hook.vendor, execution_id,
                           ending.status.vendor_status)

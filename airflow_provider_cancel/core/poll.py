@@ -181,6 +181,11 @@ class Waiter:
         return self.deadline is not None and now >= self.deadline
 
 
+def request_deadline(left: float | None) -> float | None:
+    """The `time.monotonic()` instant a read given `left` seconds must be done by (the hooks' `deadline=`)."""
+    return None if left is None else time.monotonic() + left
+
+
 def _retry_after(error: BaseException) -> RateLimit | None:
     retry_after = getattr(error, "retry_after", None)
     return RateLimit(retry_after=retry_after) if isinstance(retry_after, (int, float)) else None

@@ -26,6 +26,7 @@ from airflow_provider_cancel import version_compat
 from airflow_provider_cancel.core import poll
 from airflow_provider_cancel.core.hook import ExecutionHook
 from airflow_provider_cancel.core.http import RetryPolicy
+from airflow_provider_cancel.core.redact import scrub
 from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState
 
 CANCEL_TIMEOUT = 20.0  # well inside [triggerer] on_kill_timeout (30 s by default)
@@ -166,11 +167,14 @@ class ExecutionTrigger(BaseTrigger):
             hook.vendor, self.execution_id, schedule=poll.PollSchedule(self.poll_interval, self.max_poll_interval),
             started_at=self.started_at, deadline=self.deadline, log=self.log,
         )
-        ending = await poll.await_end(waiter, lambda left: hook.aget_status(self.execution_id))
+        execution_id = self.execution_id
+        ending = await poll.await_end(
+            waiter, lambda left: hook.aget_status(execution_id, deadline=poll.request_deadline(left))
+        )
         if isinstance(ending, poll.Finished):
             return self._event("terminal", state=ending.status.state, vendor_status=ending.status.vendor_status)
         if isinstance(ending, poll.Failed):
-            return self._event("error", message=str(ending.error))
+            return self._event("error", message=scrub(str(ending.error)))  # Airflow stores the event
         name = f"{hook.vendor} execution {self.execution_id}"
         cancel = await self._cancel("the task's execution_timeout passed") if self.cancels else None
         return self._event("timeout", cancel=cancel, message=f"{name} passed its deadline")

@@ -35,7 +35,7 @@ scenarios
   PUT /_emulator/default-scenario {{"scenario": "fail:1"}}.
 
 faults
-  --fault kind=K[,vendor=V][,action=A][,count=C][,probability=P][,retry_after=S][,delay=S]
+  --fault kind=K[,vendor=V][,action=A][,count=C][,probability=P][,retry_after=S][,delay=S][,size=B]
   (or POST /_emulator/faults with the same fields as JSON)
 
   kind         429              429, the vendor's 429 body and Retry-After (retry_after, default 1 s)
@@ -44,14 +44,23 @@ faults
                slow             waits `delay` seconds (default 5), then answers normally
                drop             sends headers and part of the body, then closes the connection
                malformed        200 with a truncated, invalid JSON body
+               huge             200 declaring `size` bytes (default 600 MiB) in Content-Length, streamed filler
+               endless          200 with a chunked body of filler that never ends
+               echo_key         the vendor's 401, whose body echoes the key it was sent
+             the vendor acts, then its answer is spoiled (a create creates, a cancel cancels):
+               drip             the answer's body one byte every `delay` seconds (default 0.5)
+               odd_field        an optional field of the answer in a wrong type (the id stays readable)
+               odd_rate_limit   Retry-After: inf, X-RateLimit-Remaining: nan, X-RateLimit-Reset: -inf
+               deep_json        a value nested 100,000 levels deep next to the answer's fields
+               other_id         the answer names another execution id (status answers)
   vendor       one of the vendors above (default: any)
   action       create | status | result | cancel | list | other (default: any)
   count        how many matching requests to fault (default 1; unlimited if only probability is set)
   probability  fault each matching request with this probability (RNG seeded by --seed)
 
   A faulted request never reaches the vendor logic: a faulted create creates nothing and a faulted cancel
-  cancels nothing. The exception is `slow`, which answers normally after the delay: a slow create does
-  create, which is exactly the ambiguous case a client's retry logic must survive.
+  cancels nothing. The exceptions are `slow`, which answers normally after the delay (a slow create does
+  create, which is exactly the ambiguous case a client's retry logic must survive), and the spoilers above.
   Examples:  --fault kind=429,action=status,count=3,retry_after=1
              --fault kind=503,probability=0.1
              --fault kind=drop,vendor=dune,action=cancel

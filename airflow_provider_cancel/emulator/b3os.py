@@ -94,6 +94,7 @@ api = VendorAPI(
     new_id=_new_run_id,
     messages={401: "unauthorized: invalid or missing API key", 429: "rate limited"},
     id_param="run_id",
+    odd_fields={"create": {"message": 7}, "status": {"message": 7, "data.workflowVersion": "v2"}},
 )
 
 

@@ -144,7 +144,7 @@ def _api_key(request: Request) -> str | None:
 
 
 api = VendorAPI("bctrl", api_key=_api_key, error=_error, new_id=lambda: str(uuid.uuid4()), messages=_MESSAGES,
-                id_param="invocation_id")
+                id_param="invocation_id", odd_fields={"create": {"progress": "half"}, "status": {"progress": "half"}})
 
 Handler = Callable[[Call], Awaitable[Response]]
 

@@ -68,6 +68,7 @@ api = VendorAPI(
     error=_error,
     new_id=_ulid,
     messages={401: "invalid API Key", 429: "Too many requests"},
+    odd_fields={"create": {"state": 7}, "status": {"queue_position": "third"}},
 )
 
 

@@ -189,7 +189,14 @@ class Journal:
 # Faults and rate limits
 
 # 403: the vendor starts refusing the key mid-run (revoked, out of credit), the one fault a client must not ride out.
-FaultKind = Literal["403", "429", "500", "502", "503", "504", "slow", "drop", "malformed"]
+# Hostile answers (issue 14): `huge`, `endless` and `echo_key` answer instead of the vendor, like the kinds above;
+# `drip`, `odd_field`, `odd_rate_limit`, `deep_json` and `other_id` let the vendor act, then spoil its answer.
+FaultKind = Literal["403", "429", "500", "502", "503", "504", "slow", "drop", "malformed",
+                    "huge", "endless", "echo_key", "drip", "odd_field", "odd_rate_limit", "deep_json", "other_id"]
+SPOILERS = frozenset({"drip", "odd_field", "odd_rate_limit", "deep_json", "other_id"})  # answer after the handler
+DEFAULT_DELAY = {"slow": 5.0, "drip": 0.5}  # slow: seconds before the answer; drip: seconds per byte of it
+HUGE_SIZE = 600 * 1024 * 1024  # what a `huge` answer declares in Content-Length, by default
+DEEP_LEVELS = 100_000  # past Python's recursion limit (a client's json.loads alone raises RecursionError)
 
 
 class Fault(BaseModel):
@@ -204,7 +211,13 @@ class Fault(BaseModel):
     count: int | None = Field(default=None, ge=1, description="requests left to fault; default 1")
     probability: float | None = Field(default=None, gt=0, le=1, description="fire at random (seeded)")
     retry_after: float | None = Field(default=None, ge=0, description="Retry-After seconds (429 default 1)")
-    delay: float = Field(default=5.0, ge=0, description="seconds a `slow` request waits before answering")
+    delay: float | None = Field(default=None, ge=0, description="`slow`: seconds before answering (default 5); "
+                                "`drip`: seconds between two bytes of the answer (default 0.5)")
+    size: int | None = Field(default=None, ge=1, description="`huge`: bytes declared in Content-Length (600 MiB)")
+
+    @property
+    def wait(self) -> float:
+        return self.delay if self.delay is not None else DEFAULT_DELAY.get(self.kind, 5.0)
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -574,7 +587,9 @@ class VendorAPI:
 
     ``api_key`` extracts the presented key from a request; ``error`` renders the vendor's error body for a
     status and message (used for 401, 429, injected 5xx and :class:`ApiError`); ``messages`` overrides the
-    engine's default text per status; ``rate_limit_headers`` adds X-RateLimit-* where the vendor documents them.
+    engine's default text per status; ``rate_limit_headers`` adds X-RateLimit-* where the vendor documents them;
+    ``odd_fields`` names, per action, optional fields of its answers that an ``odd_field`` fault sets to a value of
+    the wrong type (the client must read the rest, the id first).
     """
 
     def __init__(
@@ -587,12 +602,15 @@ class VendorAPI:
         messages: Mapping[int, str] | None = None,
         rate_limit_headers: bool = False,
         id_param: str = "execution_id",
+        odd_fields: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.name, self.prefix = name, f"/{name}"
         self.api_key, self.error, self.new_id = api_key, error, new_id
         self.messages = {**_DEFAULT_MESSAGES, **(messages or {})}
         self.rate_limit_headers = rate_limit_headers
         self.id_param = id_param  # the path parameter naming the execution, so the journal can record it
+        # For `odd_field` faults: per action, optional fields of its answer (dotted paths) and a wrong-typed value.
+        self.odd_fields = odd_fields or {}
         self._routes: list[tuple[str, str, Action, Handler]] = []
 
     def route(self, method: str, path: str, *, action: Action) -> Callable[[Handler], Handler]:
@@ -656,11 +674,14 @@ class VendorAPI:
             entry.fault = fault.kind if fault else None
             if fault is None or fault.kind == "slow":
                 if fault is not None:
-                    await asyncio.sleep(fault.delay)  # then answer normally: a slow create still creates
+                    await asyncio.sleep(fault.wait)  # then answer normally: a slow create still creates
                 response = await self._handle(call, handler)
+            elif fault.kind in SPOILERS:
+                # The vendor acts (a create creates, a cancel cancels); only its answer is spoiled.
+                response = self._spoiled(fault, call, entry.action, await self._handle(call, handler))
             else:
                 # Faults answer before the handler runs, so they never change any execution.
-                response = self._faulted(fault)
+                response = self._faulted(fault, key)
         if decision is not None and self.rate_limit_headers:
             response.headers["X-RateLimit-Limit"] = str(decision.limit)
             response.headers["X-RateLimit-Remaining"] = str(decision.remaining)
@@ -675,17 +696,128 @@ class VendorAPI:
         except ApiError as exc:
             return self.error(exc.status, exc.message)
 
-    def _faulted(self, fault: Fault) -> Response:
+    def _faulted(self, fault: Fault, key: str) -> Response:
         if fault.kind == "drop":
             return DroppedResponse()
         if fault.kind == "malformed":
             return Response(b'{"emulator": "malformed response, cut he', media_type="application/json")
+        if fault.kind in ("huge", "endless"):
+            return StreamedResponse(None if fault.kind == "endless" else fault.size or HUGE_SIZE)
+        if fault.kind == "echo_key":  # a careless vendor: the key it refused, in the body of its 401
+            return self.error(401, f"{self.messages[401]}: {key!r} is not a valid key")
         status = int(fault.kind)
         response = self.error(status, self.messages.get(status, HTTPStatus(status).phrase))
         if status == 429 or fault.retry_after is not None:
             retry_after = 1.0 if fault.retry_after is None else fault.retry_after
             response.headers["Retry-After"] = str(math.ceil(retry_after))  # HTTP wants whole seconds
         return response
+
+
+    def _spoiled(self, fault: Fault, call: Call, action: Action, response: Response) -> Response:
+        """The handler's own answer, spoiled the way `fault` says (a 2xx JSON answer only; others pass)."""
+        body = bytes(response.body) if response.status_code < 300 and hasattr(response, "body") else None
+        if body is None:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        if fault.kind == "drip":
+            return DrippedResponse(body, fault.wait, status_code=response.status_code, headers=headers)
+        if fault.kind == "odd_rate_limit":
+            headers.update({"Retry-After": "inf", "X-RateLimit-Remaining": "nan", "X-RateLimit-Reset": "-inf"})
+            return Response(body, response.status_code, headers, media_type="application/json")
+        data = json.loads(body)
+        if fault.kind == "odd_field":
+            for path, value in self.odd_fields.get(action, {}).items():
+                *parents, name = path.split(".")
+                target = data
+                for parent in parents:
+                    target = target.get(parent) if isinstance(target, dict) else None
+                if isinstance(target, dict):
+                    target[name] = value
+        elif fault.kind == "other_id" and call.execution_id:
+            data = _replace_value(data, call.execution_id, _another_id(call.execution_id))
+        text = json.dumps(data)
+        if fault.kind == "deep_json" and text.endswith("}"):
+            text = text[:-1] + (", " if len(text) > 2 else "") + '"emulator_deep": ' + "[" * DEEP_LEVELS + \
+                "]" * DEEP_LEVELS + "}"
+        return Response(text.encode(), response.status_code, headers, media_type="application/json")
+
+
+def _another_id(execution_id: str) -> str:
+    """An id of the same form, one character off (the last character changed)."""
+    last = execution_id[-1]
+    return execution_id[:-1] + ("1" if last != "1" else "2")
+
+
+def _replace_value(value: Any, old: str, new: str) -> Any:
+    if value == old:
+        return new
+    if isinstance(value, dict):
+        return {k: _replace_value(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_value(v, old, new) for v in value]
+    return value
+
+
+class DrippedResponse(Response):
+    """The whole answer, its body sent one byte every `interval` seconds (headers at once)."""
+
+    def __init__(self, body: bytes, interval: float, *, status_code: int, headers: Mapping[str, str]) -> None:
+        super().__init__(body, status_code, dict(headers), media_type="application/json")
+        self.interval = interval
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        gone = _disconnected(receive)
+        try:
+            for i in range(len(self.body)):
+                await asyncio.sleep(self.interval)
+                if gone.done():
+                    return
+                await send({"type": "http.response.body", "body": bytes(self.body[i:i + 1]), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+
+
+class StreamedResponse(Response):
+    """A 200 whose body is filler streamed until `size` bytes are sent (declared in Content-Length) or, with no
+    size, forever (chunked), in both cases only as long as the client keeps reading."""
+
+    CHUNK = b" " * 65536
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(media_type="application/json")
+        self.size = size
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json")]
+        if self.size is not None:
+            headers.append((b"content-length", str(self.size).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        gone = _disconnected(receive)
+        sent, piece = 0, b'{"padding": "'
+        try:
+            while not gone.done() and (self.size is None or sent < self.size):
+                if self.size is not None:
+                    piece = piece[: self.size - sent]
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                sent += len(piece)
+                piece = self.CHUNK
+                await asyncio.sleep(0)  # let the disconnect be noticed
+            if not gone.done():
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            gone.cancel()
+
+
+def _disconnected(receive: Receive) -> asyncio.Task[None]:
+    """A task that ends when the client has gone away."""
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    return asyncio.ensure_future(wait())
 
 
 class DroppedResponse(Response):

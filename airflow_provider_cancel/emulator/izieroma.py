@@ -74,6 +74,7 @@ api = VendorAPI(
     new_id=_new_id,
     messages={401: "Invalid or revoked API key", 429: "Rate limit exceeded"},
     rate_limit_headers=True,
+    odd_fields={"create": {"status": 7}, "status": {"completed_tasks": "many"}},
 )
 
 

@@ -81,6 +81,7 @@ api = VendorAPI(
         429: "Rate limit exceeded. Please retry after the number of seconds in Retry-After.",
     },
     rate_limit_headers=True,
+    odd_fields={"create": {"workflow_id": 7, "total_items": "lots"}, "status": {"total_items": "lots"}},
 )
 
 

@@ -301,11 +301,10 @@ class B3osHook(ExecutionHook):
             if run_id is None or not is_duplicate_run_id(err):
                 raise
             return self._adopt(run_id, workflow_id, err)
-        started = parse_model(RunStarted, data, vendor=self.vendor, call=call)
-        if run_id is not None and started.runId != run_id:
-            self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started.runId, run_id,
-                             started.runId)
-        return self.started(started.runId)
+        started = self.started(parse_model(RunStarted, data, vendor=self.vendor, call=call).runId)
+        if run_id is not None and started != run_id:
+            self.log.warning("B3OS answered run id %s for requested run id %s; using %s", started, run_id, started)
+        return started
 
     def _adopt(self, run_id: str, workflow_id: str | None, duplicate: ExecutionApiError) -> str:
         """Our run id is taken: an earlier attempt of this very create made the run (its answer was lost).
@@ -345,8 +344,8 @@ class B3osHook(ExecutionHook):
         call = self.run_call(self.validate_execution_id(run_id), summary=summary, node_ids=node_ids)
         return parse_model(Run, self.call_api(call), vendor=self.vendor, call=call)
 
-    def get_status(self, execution_id: str) -> ExecutionStatus:
-        status = super().get_status(execution_id)
+    def get_status(self, execution_id: str, *, deadline: float | None = None) -> ExecutionStatus:
+        status = super().get_status(execution_id, deadline=deadline)
         if status.state is S.FAILED and status.payload.get("executionState") is None:
             # A summary read has no node states: read the run once in full to name the nodes that failed.
             try:
@@ -373,7 +372,7 @@ class B3osHook(ExecutionHook):
             error = describe_failure(run)
         elif state is S.CANCELLED and run.finishedAt:
             error = f"cancelled at {run.finishedAt}"
-        return ExecutionStatus(execution_id, state, run.status, progress=describe_progress(run), error=error,
+        return ExecutionStatus(run.id, state, run.status, progress=describe_progress(run), error=error,
                                payload=LazyPayload(run))
 
     def cancel_call(self, execution_id: str) -> ApiCall:

@@ -528,28 +528,33 @@ class BctrlHook(ExecutionHook):
             error = f"finished in an unrecognised status {invocation.status!r}"
             if detail := describe_failure(invocation):
                 error += f": {detail}"
-        return ExecutionStatus(execution_id, state, invocation.status, progress=describe_progress(invocation),
+        return ExecutionStatus(invocation.id, state, invocation.status, progress=describe_progress(invocation),
                                error=error, payload=LazyPayload(invocation))
 
-    def cancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+    def cancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
         client = client or self.client
         if self._runtime_unknown(execution_id):
             try:
                 call = self.status_call(self.validate_execution_id(execution_id))
-                self.parse_status(execution_id, client.request(call), call)  # learns the invocation's runtime
+                # Learns the invocation's runtime; one deadline for the read and the cancel.
+                self.parse_status(execution_id, client.request(call, deadline=deadline), call)
             except ExecutionApiError as err:
                 return self._cancel_error(err)  # e.g. 404: nothing to cancel
-        return super().cancel(execution_id, client=client)
+        return super().cancel(execution_id, client=client, deadline=deadline)
 
-    async def acancel(self, execution_id: str, *, client: ApiClient | None = None) -> CancelOutcome:
+    async def acancel(
+        self, execution_id: str, *, client: ApiClient | None = None, deadline: float | None = None
+    ) -> CancelOutcome:
         client = client or await self.aclient()
         if self._runtime_unknown(execution_id):
             try:
                 call = self.status_call(self.validate_execution_id(execution_id))
-                self.parse_status(execution_id, await client.arequest(call), call)
+                self.parse_status(execution_id, await client.arequest(call, deadline=deadline), call)
             except ExecutionApiError as err:
                 return self._cancel_error(err)  # e.g. 404: nothing to cancel
-        return await super().acancel(execution_id, client=client)
+        return await super().acancel(execution_id, client=client, deadline=deadline)
 
     def _runtime_unknown(self, execution_id: str) -> bool:
         """Generation 2 cancels under the invocation's runtime: a hook that neither created nor read the

@@ -120,7 +120,7 @@ class DuneHook(ExecutionHook):
         progress = f"queue position {status.queue_position}" if status.queue_position is not None else None
         if status.state.upper().endswith("COMPLETED_PARTIAL"):
             progress = "partial result (truncated by Dune)"
-        return ExecutionStatus(execution_id, state, status.state, progress=progress, error=error,
+        return ExecutionStatus(status.execution_id, state, status.state, progress=progress, error=error,
                                payload=LazyPayload(status))
 
     def cancel_call(self, execution_id: str) -> ApiCall:

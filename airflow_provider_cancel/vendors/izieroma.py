@@ -328,8 +328,8 @@ class IzieromaHook(ExecutionHook):
         status = parse_model(RomaStatus, body, vendor=self.vendor, call=call)
         state = normalize_status(status.status, self.status_words)
         error = _error_text(status.error) if state is not S.SUCCEEDED else None
-        return ExecutionStatus(execution_id, state, status.status, progress=_progress_line(status), error=error,
-                               payload=LazyPayload(status))
+        return ExecutionStatus(status.execution_id or execution_id, state, status.status,
+                               progress=_progress_line(status), error=error, payload=LazyPayload(status))
 
     def cancel_call(self, execution_id: str) -> ApiCall:
         return ApiCall("POST", execution_path(execution_id, "cancel"), "cancel")

@@ -266,7 +266,7 @@ class MeibelHook(ExecutionHook):
         else:
             parts = (distrust, _text(execution.error), item_errors(execution))
             error = "; ".join(p for p in parts if p) or None
-        return ExecutionStatus(execution_id, state, execution.status, progress=progress_line(execution),
+        return ExecutionStatus(execution.id, state, execution.status, progress=progress_line(execution),
                                error=error, payload=LazyPayload(execution))
 
     def cancel_call(self, execution_id: str) -> ApiCall:

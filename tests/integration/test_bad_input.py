@@ -256,7 +256,7 @@ def trigger_for(vendor: str) -> ExecutionTrigger:
 async def test_a_huge_response_is_refused_with_a_clear_error_on_both_paths_and_not_retried(
     server, monkeypatch, vendor
 ):
-    monkeypatch.setattr(http, "MAX_RESPONSE_BYTES", 4096)
+    monkeypatch.setattr(http._config, "MAX_RESPONSE_BYTES", 4096)
     server.body = json.dumps({"padding": "x" * 10_000}).encode()
     hook = HOOKS[vendor](f"{vendor}_srv")
     with pytest.raises(ExecutionApiError, match=r"response of 10,0\d\d bytes is over the 4,096-byte limit") as err:

@@ -98,10 +98,10 @@ def test_rate_limit_headers_are_read(emu):
     try:
         hook = IzieromaHook(CONN)
         eid = start(hook, "Anything emulate:forever")
-        first = hook.client.rate_limit.remaining
-        hook.get_status(eid)
-        assert first is not None and hook.client.rate_limit.remaining == first - 1
-        assert hook.client.rate_limit.reset_at is not None
+        first = hook.get_status(eid).rate_limit
+        second = hook.get_status(eid).rate_limit
+        assert first.remaining is not None and second.remaining == first.remaining - 1
+        assert second.reset_at is not None
         hook.cancel(eid)
     finally:
         emu.set_rate_limit(VENDOR, None)

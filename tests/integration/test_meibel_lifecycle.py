@@ -336,9 +336,9 @@ def test_429_with_retry_after_and_rate_limit_headers(mocked):
         httpx.Response(429, json={"message": "Rate limit exceeded. Please retry after 0 seconds."}, headers=limited),
         httpx.Response(200, json=execution("running"), headers={**limited, "X-RateLimit-Remaining": "59"}),
     ]
-    hook = MeibelHook("meibel_mock")
-    assert hook.get_status(EID).state is S.RUNNING and status.call_count == 2
-    assert hook.client.rate_limit.remaining == 59
+    read = MeibelHook("meibel_mock").get_status(EID)
+    assert read.state is S.RUNNING and status.call_count == 2
+    assert read.rate_limit.remaining == 59
 
 
 def test_a_redirect_is_refused_not_followed(mocked):

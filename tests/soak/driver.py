@@ -30,6 +30,7 @@ IDEMPOTENT = frozenset({"izieroma", "bctrl", "b3os"})  # their creates carry a k
 TIMEOUTS = ClientTimeouts(connect=2.0, read=1.0)
 RETRY = RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5, max_retry_after=2.0)
 SLOW_DELAY = 1.5
+DRIP_DELAY = 0.005  # seconds per byte: a status answer takes ~1-3 s, inside one attempt's limit (TIMEOUTS.attempt)
 
 
 def _fast(hook: type[ExecutionHook]) -> type[ExecutionHook]:
@@ -106,7 +107,8 @@ def plan_jobs(start: int, count: int, path: str, mix: dict[str, float], rng: ran
 
 
 def fault_rules(actions: dict[str, list[tuple[str, float]]]) -> list[dict[str, Any]]:
-    """Emulator fault rules from {action: [(kind, probability)]}; `slow` creates only where a retry is safe."""
+    """Emulator fault rules from {action: [(kind, probability)]}; `slow` and `drip` creates only where a retry is
+    safe (an answer that comes too late for a create without an idempotency key leaves what it created unknown)."""
     rules: list[dict[str, Any]] = []
     for action, kinds in actions.items():
         for kind, probability in kinds:
@@ -115,7 +117,9 @@ def fault_rules(actions: dict[str, list[tuple[str, float]]]) -> list[dict[str, A
                 rule["retry_after"] = 1 if probability < 0.02 else 0  # a few real 1 s waits, most immediate
             if kind == "slow":
                 rule["delay"] = SLOW_DELAY
-            if kind == "slow" and action == "create":
+            if kind == "drip":
+                rule["delay"] = DRIP_DELAY
+            if kind in ("slow", "drip") and action == "create":
                 rules += [{**rule, "vendor": vendor} for vendor in sorted(IDEMPOTENT)]
             else:
                 rules.append(rule)

@@ -1,6 +1,8 @@
 """Fault soak: >= 500 executions across the five vendors, through real operators (sync path) and ExecutionTrigger
 driven by Airflow's own TriggerRunner (async path), against one emulator injecting 429 + Retry-After, 500/502/503/504,
-slow answers past the read timeout, dropped connections and malformed JSON; a share of the tasks is killed mid-way.
+slow answers past the read timeout, dropped connections and malformed JSON, and the hostile answers of issue 14
+(dripped, huge or endless bodies, wrong-typed optional fields, inf/nan rate-limit headers, JSON nested past the
+recursion limit, answers about another execution); a share of the tasks is killed mid-way.
 
 Proven per execution: it ends in its true final state; a killed one is cancelled exactly once; nothing is started
 twice; nothing is left running. Figures go to stdout and artifacts/soak.json.
@@ -55,14 +57,21 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 SYNC_JOBS, ASYNC_JOBS = 300, 250
 SYNC_MIX = {"succeed": 40, "fail": 15, "remote_cancel": 10, "kill": 35}
 ASYNC_MIX = {"succeed": 30, "fail": 10, "remote_cancel": 10, "kill": 25, "deadline": 12, "restart": 13}
+# Hostile answers (issue 14) the vendor gives after acting: the task must read what it can and go on.
+ODD_ANSWERS = [("odd_field", 0.01), ("odd_rate_limit", 0.01), ("deep_json", 0.01)]
 READ_FAULTS = [("429", 0.05), ("429", 0.01), ("500", 0.03), ("502", 0.02), ("503", 0.03), ("504", 0.02),
-               ("slow", 0.01), ("drop", 0.02), ("malformed", 0.02)]
+               ("slow", 0.01), ("drop", 0.02), ("malformed", 0.02), ("drip", 0.005), *ODD_ANSWERS]
 FAULTS = {
     "status": READ_FAULTS,
-    "result": [("503", 0.04), ("drop", 0.03), ("malformed", 0.03)],
-    "create": [("429", 0.08), ("502", 0.03), ("drop", 0.02), ("malformed", 0.01), ("slow", 0.03)],
+    "result": [("503", 0.04), ("drop", 0.03), ("malformed", 0.03), ("odd_rate_limit", 0.02), ("deep_json", 0.02)],
+    "create": [("429", 0.08), ("502", 0.03), ("drop", 0.02), ("malformed", 0.01), ("slow", 0.03), ("drip", 0.01),
+               ("huge", 0.01), ("endless", 0.01), ("odd_field", 0.02), ("odd_rate_limit", 0.02), ("deep_json", 0.02)],
 }
-CANCEL_FAULTS = {"cancel": [("429", 0.05), ("503", 0.03), ("drop", 0.02), ("malformed", 0.02)]}
+CANCEL_FAULTS = {"cancel": [("429", 0.05), ("503", 0.03), ("drop", 0.02), ("malformed", 0.02),
+                            ("odd_rate_limit", 0.02), ("deep_json", 0.02)]}
+# Answers about another execution, only where the waiting is (the operator's poll, the trigger): the worker's one
+# read before deferring and its re-read after the event are not yet waits that ride out a transient error.
+WAIT_FAULTS = {"status": [("other_id", 0.01)]}
 CREATE_REFUSED = (ExecutionApiError, httpx.TransportError)  # a create that failed without starting anything
 
 
@@ -212,18 +221,28 @@ def test_fault_soak(soak_emulator: EmulatorProcess) -> None:
     started = time.monotonic()
     try:
         emu.reset()  # the session's emulator: figures from this test only
-        for rule in fault_rules({**FAULTS, **CANCEL_FAULTS}):
-            emu.add_fault(**rule)
+
+        def faults(*, waiting: bool) -> None:
+            emu.clear_faults()
+            for rule in fault_rules({**FAULTS, **CANCEL_FAULTS}):
+                emu.add_fault(**rule)
+            for rule in fault_rules(WAIT_FAULTS) if waiting else ():
+                emu.add_fault(**rule)
+
         # Phase 1, sync: operators polling in 16 worker threads, 35% killed mid-way.
+        faults(waiting=True)
         sync_jobs = plan_jobs(0, SYNC_JOBS, "sync", SYNC_MIX, rng)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda job: run_sync(job, random.Random(job.index)), sync_jobs))
         # Phase 2, async: start and defer in worker threads, then every trigger in one loop, then resume.
+        faults(waiting=False)
         async_jobs = plan_jobs(SYNC_JOBS, ASYNC_JOBS, "async", ASYNC_MIX, rng)
         with ThreadPoolExecutor(16) as pool:
             triggers = list(pool.map(start_deferred, async_jobs))
         pairs = [(job, trigger) for job, trigger in zip(async_jobs, triggers, strict=True) if trigger is not None]
+        faults(waiting=True)
         asyncio.run(run_triggers(pairs, rng))
+        faults(waiting=False)
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(resume, [job for job, _ in pairs]))
         elapsed = time.monotonic() - started
@@ -277,4 +296,5 @@ def test_fault_soak(soak_emulator: EmulatorProcess) -> None:
     assert failures == {}, failures
     assert duplicates == 0 and orphans == []
     assert killed and all(tagged[job.tag][0]["cancel_requests"] == 1 for job in killed)
-    assert set(stats["faults"]) == {"429", "500", "502", "503", "504", "slow", "drop", "malformed"}
+    assert set(stats["faults"]) == {"429", "500", "502", "503", "504", "slow", "drop", "malformed", "drip", "huge",
+                                    "endless", "odd_field", "odd_rate_limit", "deep_json", "other_id"}
