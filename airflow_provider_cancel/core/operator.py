@@ -116,6 +116,9 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         (its worker died, or the task was cleared): ``"reattach"`` (default) waits for a live one and uses
         the result of one that already succeeded (no duplicate work, no lost result); ``"cancel"`` cancels
         it and starts afresh. Either way, never two live executions.
+    :param durable: the AIP-103 spelling (Airflow 3.3's ``ResumableJobMixin``) of ``on_existing``:
+        ``True`` is ``"reattach"``, ``False`` is ``"cancel"`` (a new try starts afresh, after cancelling the
+        earlier try's execution, where ``ResumableJobMixin`` would leave it running). Give one of the two.
     :param cancel_orphans: let the orphan sweep (run by the schedulers) cancel the execution when this task
         dies in a way that runs no code of this provider (its worker lost with no retry left, a deferred task
         killed before its trigger started, every cancel attempt failed) (default True; it follows
@@ -151,8 +154,9 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         poll_interval: float = 1.0,
         max_poll_interval: float = 30.0,
         cancel_on_kill: bool = True,
-        on_existing: OnExisting = "reattach",
+        on_existing: OnExisting | None = None,
         cancel_orphans: bool = True,
+        durable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -162,6 +166,15 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
             poll_interval=(poll_interval, (int, float)), max_poll_interval=(max_poll_interval, (int, float)),
             cancel_orphans=(cancel_orphans, (bool,)),
         )
+        if durable is not None and not isinstance(durable, bool):
+            raise ProviderConfigError(f"{self.task_id}: durable must be True or False, got {durable!r}")
+        implied: OnExisting | None = None if durable is None else ("reattach" if durable else "cancel")
+        if on_existing is not None and implied is not None and on_existing != implied:
+            raise ProviderConfigError(
+                f"{self.task_id}: durable={durable} means on_existing={implied!r}, but on_existing={on_existing!r} "
+                "was given too: give one of them"
+            )
+        on_existing = on_existing or implied or "reattach"
         if on_existing not in ("reattach", "cancel"):
             raise ProviderConfigError(
                 f"{self.task_id}: on_existing must be 'reattach' or 'cancel', got {on_existing!r}"

@@ -194,3 +194,20 @@ def test_decide_orphan(ti_state, state, expected):
 def test_decide_orphan_leaves_what_the_user_kept():
     kept = ExecutionRecord("e", cancel_if_orphaned=False)
     assert decide_orphan(kept, "failed", S.RUNNING) is OrphanAction.LEAVE
+
+
+def test_durable_is_the_aip_103_spelling_of_on_existing():
+    from airflow_provider_cancel.core.errors import ProviderConfigError
+    from airflow_provider_cancel.vendors.dune import DuneRunQueryOperator
+
+    def op(**kw):
+        return DuneRunQueryOperator(task_id="t", sql="SELECT 1", **kw)
+
+    assert op().on_existing == "reattach"
+    assert op(durable=True).on_existing == "reattach"
+    assert op(durable=False).on_existing == "cancel"
+    assert op(durable=True, on_existing="reattach").on_existing == "reattach"
+    with pytest.raises(ProviderConfigError, match="give one of them"):
+        op(durable=True, on_existing="cancel")
+    with pytest.raises(ProviderConfigError, match="durable must be True or False"):
+        op(durable="yes")
