@@ -566,6 +566,11 @@ class AirflowStack:
             "AIRFLOW__CORE__FERNET_KEY": fernet,
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._db_url or "",
+            # 32 tasks starting and heartbeating at once through one api-server worker ran its default pool
+            # (5 + 10 overflow) dry: requests waited the pool's 30 s and were answered 500 "Database error".
+            # PostgreSQL here allows 400 connections (tests/e2e/postgres.py).
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "20",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "30",
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.port),
             "AIRFLOW__API__WORKERS": "1",
@@ -935,14 +940,18 @@ class AirflowStack:
 
     # ---------------------------------------------------------------------------------------- REST basics
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One REST call; a read (GET) that times out on a loaded machine is tried again, twice."""
+        """One REST call; a read (GET) that times out, or that a loaded api-server answers with a 500 "Database
+        error" (its connection pool ran dry), is tried again, twice."""
         for attempt in range(3 if method == "GET" else 1):
             try:
-                return self.client.request(method, path, **kwargs)
+                r = self.client.request(method, path, **kwargs)
             except httpx.TransportError:
                 if method != "GET" or attempt == 2:
                     raise
-                time.sleep(1.0)
+            else:
+                if method != "GET" or attempt == 2 or r.status_code < 500 or "Database error" not in r.text:
+                    return r
+            time.sleep(1.0 + attempt)
         raise AssertionError("unreachable")
 
     def _call(self, method: str, path: str, *, ok: Iterable[int] = (200, 201), retries: int = 0, **kw) -> Any:
@@ -1117,10 +1126,13 @@ class AirflowStack:
         bad = set(fail_states or ()) - wanted
         deadline = time.monotonic() + timeout
         ti: dict = {}
+        busy = ""  # the last "Database error" answer: a loaded api-server's, ridden out until the deadline
         while True:
             r = None
             with contextlib.suppress(httpx.TransportError):
                 r = self.request("GET", self._ti_path(dag_id, run_id, task_id, map_index))
+            if r is not None and r.status_code >= 500 and "Database error" in r.text:
+                busy, r = f" (last answer: HTTP {r.status_code} {r.text[:300]})", None
             if r is not None and r.status_code not in (200, 404):
                 raise StackError(f"GET TI {dag_id}/{run_id}/{task_id} -> HTTP {r.status_code}: {r.text[:2000]}")
             if r is not None and r.status_code == 200:
@@ -1130,7 +1142,7 @@ class AirflowStack:
                 if ti.get("state") in bad:
                     raise StackError(self._ti_report(ti, f"reached {ti.get('state')!r} instead of {wanted}"))
             if time.monotonic() >= deadline:
-                raise StackError(self._ti_report(ti, f"not in {wanted} (min_try={min_try}) after {timeout}s"))
+                raise StackError(self._ti_report(ti, f"not in {wanted} (min_try={min_try}) after {timeout}s{busy}"))
             time.sleep(0.5)
 
     def _ti_report(self, ti: dict, what: str) -> str:
@@ -1155,7 +1167,9 @@ class AirflowStack:
         """The UI's "Mark as failed/success" on one TI: ``PATCH .../taskInstances/{task_id}``."""
         if new_state not in ("failed", "success", "skipped"):
             raise ValueError(f"new_state must be failed|success|skipped, not {new_state!r}")
-        return self.patch(self._ti_path(dag_id, run_id, task_id, map_index), {"new_state": new_state, **flags})
+        # idempotent, so a "Database error" of a loaded api-server is simply tried again
+        body = {"new_state": new_state, **flags}
+        return self._call("PATCH", self._ti_path(dag_id, run_id, task_id, map_index), json=body, retries=3)
 
     def clear_ti(self, dag_id: str, run_id: str, task_id: str, map_index: int | None = None, **options: Any) -> Any:
         """The UI's "Clear" on one TI (a running TI goes to ``restarting``, then runs a new try)."""
