@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from airflow.providers.common.compat.sdk import AirflowException, BaseHook, Base
 from airflow_provider_cancel.core import poll
 from airflow_provider_cancel.core.errors import ExecutionKilled, ProviderConfigError
 from airflow_provider_cancel.core.hook import is_template, short_repr
+from airflow_provider_cancel.core.ownership import KillFlag
 from airflow_provider_cancel.core.poll import PollSchedule, format_duration
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class CancelExecutionOperator(BaseOperator):
         self.wait_for_termination = wait_for_termination
         self.termination_timeout = termination_timeout
         self.poll_interval = poll_interval
-        self._killed = threading.Event()  # set by on_kill: stop waiting (the cancels are already sent)
+        self._killed = KillFlag()  # set by on_kill: stop waiting (the cancels are already sent)
 
     def _ids(self, hook: ExecutionHook) -> list[str]:
         values = _as_list(self.execution_ids)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
@@ -46,6 +45,7 @@ from airflow_provider_cancel.core.ownership import (
     ExecutionRecord,
     Existing,
     Finish,
+    KillFlag,
     OnExisting,
     RecordStore,
     decide_existing,
@@ -195,7 +195,7 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         # Runtime state; on_kill may run in a signal handler and reads only the guard and the kill flag.
         self._hook: HookT | None = None
         self._guard = CancelGuard(cancel_on_kill=cancel_on_kill)
-        self._killed = threading.Event()
+        self._killed = KillFlag()
         self._records: RecordStore | None = None
         self._adopted = False  # the execution was started by an earlier try
         self._restarted = False  # this try already replaced an adopted execution once

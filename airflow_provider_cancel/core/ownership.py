@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 XCOM_EXECUTION_ID = "execution_id"
 XCOM_EXECUTION_URL = "execution_url"
+# The try that owns the recorded execution now (it started or adopted it). Airflow clears a task's XComs when a
+# new try starts, so a trigger of an earlier try tells "still my try, deferred" from "a newer try" by it.
+XCOM_EXECUTION_TRY = "execution_try"
 STATE_STORE_KEY = "airflow_provider_cancel.execution_id"
 
 OnExisting = Literal["reattach", "cancel"]
@@ -90,6 +93,7 @@ class RecordStore:
         a clear) and the orphan sweep find it there, even if this worker dies."""
         ti = self._context["ti"]
         ti.xcom_push(key=XCOM_EXECUTION_ID, value=record.execution_id)
+        ti.xcom_push(key=XCOM_EXECUTION_TRY, value=ti.try_number)
         if self._store:
             try:
                 self._store.set(STATE_STORE_KEY, record.to_value())
@@ -172,6 +176,16 @@ class CancelState(str, enum.Enum):
     RELEASED = "released"  # not ours to cancel (cancel_on_kill=False, or handed over)
 
 
+class KillFlag(threading.Event):
+    """Set when the task is killed; a copy of the task gets its own flag (an Event holds a lock)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KillFlag:
+        copied = KillFlag()
+        if self.is_set():
+            copied.set()
+        return copied
+
+
 class CancelGuard:
     """The cancel state of the one execution a task (or trigger) owns, with an atomic claim on cancelling it.
 
@@ -183,6 +197,13 @@ class CancelGuard:
         self.execution_id: str | None = None
         self.state = CancelState.IDLE
         self._claim = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> CancelGuard:
+        """A copy of the task (`airflow dags test` on 3.0, `DAG.partial_subset`) gets its own lock: a lock cannot
+        be copied, and sharing one would let the copy's claim block the original's."""
+        copied = CancelGuard(cancel_on_kill=self.cancel_on_kill)
+        copied.execution_id, copied.state = self.execution_id, self.state
+        return copied
 
     def own(self, execution_id: str) -> None:
         """This task owns `execution_id` from now on (new, adopted, or resumed after a deferral)."""

@@ -26,6 +26,7 @@ from airflow_provider_cancel import version_compat
 from airflow_provider_cancel.core import poll
 from airflow_provider_cancel.core.hook import ExecutionHook
 from airflow_provider_cancel.core.http import RetryPolicy
+from airflow_provider_cancel.core.ownership import XCOM_EXECUTION_TRY
 from airflow_provider_cancel.core.redact import scrub
 from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState
 
@@ -150,7 +151,7 @@ class ExecutionTrigger(BaseTrigger):
         except asyncio.CancelledError:
             # Airflow < 3.3 never calls on_kill: tell a user kill from a triggerer shutdown by the task state.
             legacy = self.cancels and not _airflow_has_trigger_on_kill()
-            if legacy and await self._task_state() not in (None, "deferred"):
+            if legacy and await self._left_by_its_task():
                 await self._cancel("the deferred task was killed (legacy path)")
             raise  # never swallow: Airflow 3.3 calls on_kill only after this propagates
         except Exception:
@@ -184,13 +185,26 @@ class ExecutionTrigger(BaseTrigger):
         triggerer dropped it after it was reassigned: then the task is still deferred and nothing is cancelled)."""
         if not self.cancels:
             return
-        if _on_kill_runs_on_reassignment() and getattr(self, "task_instance", None) is not None:
-            state = await self._task_state()
-            if state in (None, "deferred"):  # None: unknown; a healthy execution must not be cancelled on a doubt
-                self.log.info("%s: the task is %s (the trigger moved to another triggerer?): not cancelling",
-                              self.execution_id, "still deferred" if state else "in an unknown state")
-                return
+        reassigned_too = _on_kill_runs_on_reassignment() and getattr(self, "task_instance", None) is not None
+        if reassigned_too and not await self._left_by_its_task():
+            self.log.info("%s: the task is still deferred on this try, or its state could not be read (the "
+                          "trigger moved to another triggerer?): not cancelling", self.execution_id)
+            return
         await self._cancel("the deferred task was killed")
+
+    async def _left_by_its_task(self) -> bool:
+        """Whether this trigger's try is over: the task left DEFERRED (marked failed or success, cleared), or a
+        newer try owns the execution now (a clear whose new try adopted the execution and deferred again before
+        this triggerer dropped the old trigger). False while this very try is still deferred (a triggerer
+        restart, hand-over, or 3.3's reassignment on_kill), and on any doubt: a healthy execution must not be
+        cancelled because a read failed."""
+        ti = getattr(self, "task_instance", None)
+        deadline = asyncio.get_running_loop().time() + STATE_LOOKUP_TIMEOUT
+        state = await self._task_state(deadline)
+        if state != "deferred":
+            return state is not None
+        owner_try = await self._owner_try(deadline)
+        return owner_try is not None and ti is not None and owner_try > int(ti.try_number)
 
     async def _cancel(self, reason: str) -> CancelOutcome:
         name = f"{self.hook.vendor} execution {self.execution_id}"
@@ -206,30 +220,50 @@ class ExecutionTrigger(BaseTrigger):
             self.log.info("No cancel needed for %s (%s)", name, outcome.value)
         return outcome
 
-    async def _task_state(self) -> str | None:
+    async def _task_state(self, deadline: float) -> str | None:
         """The deferred task's state now ("deferred" after a restart, hand-over or reassignment; something else
         after a user kill), or None when it cannot be read."""
         ti = getattr(self, "task_instance", None)
         if ti is None:
             return None
         try:
-            from airflow.sdk.execution_time import task_runner
             from airflow.sdk.execution_time.comms import GetTaskStates
 
-            # Ask the supervisor asynchronously, as the SDK's own aget_connection does, and give up after a
-            # while: at a 3.2.2 triggerer shutdown the runner has already stopped reading its supervisor's
-            # replies, so no answer ever comes. The shield lets a reply that is merely late still be read
-            # (3.0-3.2.1 read replies in order, inside asend).
             request = GetTaskStates(
                 dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
             )
-            reply = await asyncio.wait_for(
-                asyncio.shield(task_runner.SUPERVISOR_COMMS.asend(request)), STATE_LOOKUP_TIMEOUT
-            )
+            reply = await self._ask(request, deadline)
             # The Execution API keys a mapped task instance "<task_id>_<map_index>" (task_instances.py:1074).
             key = ti.task_id if ti.map_index is None or ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
-            state = reply.task_states[ti.run_id][key]  # type: ignore[union-attr]  # not a TaskStatesResult: caught below
+            state = reply.task_states[ti.run_id][key]
         except Exception as err:
             self.log.warning("Could not read the task's state; not cancelling %s: %r", self.execution_id, err)
             return None
         return str(state)
+
+    async def _owner_try(self, deadline: float) -> int | None:
+        """The try that recorded this execution as its own (XCOM_EXECUTION_TRY), or None when unknown."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return None
+        try:
+            from airflow.sdk.execution_time.comms import GetXCom
+
+            request = GetXCom(key=XCOM_EXECUTION_TRY, dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id,
+                              map_index=ti.map_index)
+            value = (await self._ask(request, deadline)).value
+            return None if value is None else int(value)
+        except Exception as err:
+            self.log.warning("Could not read which try owns %s; not cancelling it: %r", self.execution_id, err)
+            return None
+
+    @staticmethod
+    async def _ask(request: Any, deadline: float) -> Any:
+        """One request to the triggerer's supervisor, asynchronously as the SDK's own aget_connection, given up
+        at `deadline`: at a 3.2.2 triggerer shutdown the runner has already stopped reading its supervisor's
+        replies, so no answer ever comes. The shield lets a reply that is merely late still be read (3.0-3.2.1
+        read replies in order, inside asend)."""
+        from airflow.sdk.execution_time import task_runner
+
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        return await asyncio.wait_for(asyncio.shield(task_runner.SUPERVISOR_COMMS.asend(request)), left)

@@ -119,43 +119,56 @@ def test_defer_timeout_backstop_cancels_with_the_recorded_id(emu, vendor):
 
 
 class _Supervisor:
-    """Answers the trigger's GetTaskStates as Airflow's triggerer supervisor would, with a fixed state."""
+    """Answers the trigger's GetTaskStates and GetXCom as Airflow's triggerer supervisor would: a fixed task
+    state, and the XComs the task's current try holds (Airflow clears them when a new try starts)."""
 
-    def __init__(self, ti: FakeTI, state: str) -> None:
-        self.ti, self.state, self.asked = ti, state, 0
+    def __init__(self, ti: FakeTI, state: str, xcoms: dict) -> None:
+        self.ti, self.state, self.xcoms, self.asked = ti, state, xcoms, []
 
     async def asend(self, request):
         from types import SimpleNamespace
 
-        from airflow.sdk.execution_time.comms import GetTaskStates
+        from airflow.sdk.execution_time.comms import GetTaskStates, GetXCom
 
-        if not isinstance(request, GetTaskStates):
-            return None  # e.g. the SDK masking the connection's secrets
-        self.asked += 1
-        return SimpleNamespace(task_states={self.ti.run_id: {self.ti.task_id: self.state}})
+        if isinstance(request, GetTaskStates):
+            self.asked.append("state")
+            return SimpleNamespace(task_states={self.ti.run_id: {self.ti.task_id: self.state}})
+        if isinstance(request, GetXCom):
+            self.asked.append(request.key)
+            return SimpleNamespace(key=request.key, value=self.xcoms.get(request.key))
+        return None  # e.g. the SDK masking the connection's secrets
 
 
 @requires_trigger_on_kill
-@pytest.mark.parametrize(("task_state", "cancels"), [("deferred", 0), ("failed", 1), ("success", 1)])
-async def test_on_kill_cancels_only_when_the_task_left_deferred(emu, vendor, monkeypatch, task_state, cancels):
+@pytest.mark.parametrize(
+    ("task_state", "newer_try", "cancels"),
+    [("deferred", False, 0), ("failed", False, 1), ("success", False, 1), ("deferred", True, 1)],
+    ids=["reassigned", "marked-failed", "marked-success", "cleared-and-deferred-again"],
+)
+async def test_on_kill_cancels_only_when_this_try_is_over(emu, vendor, monkeypatch, task_state, newer_try, cancels):
     """Airflow 3.3.0-3.3.2 call on_kill also when a triggerer that stalled finds its trigger reassigned
-    (apache/airflow#73454): the task is still DEFERRED and another triggerer polls it, so nothing may be
-    cancelled; a real user kill (the task failed or succeeded) still cancels once. The e2e proof on a real
-    stack is D1 in tests/e2e (a triggerer SIGSTOPped past its health threshold, then resumed)."""
+    (apache/airflow#73454): this very try is still DEFERRED and another triggerer polls it, so nothing may be
+    cancelled; a real user kill (the task failed or succeeded) still cancels once. A clear whose new try started,
+    adopted the execution and deferred again before this triggerer dropped the old trigger (seen under the full
+    e2e load: the task reads DEFERRED again) is a kill too: the newer try recorded itself as the execution's
+    owner, and the cancel makes it start afresh (K3)."""
     from airflow.sdk.execution_time import task_runner
 
     from airflow_provider_cancel.core import trigger as trigger_module
+    from airflow_provider_cancel.core.ownership import XCOM_EXECUTION_TRY
 
     task, context = deferred_task(vendor)
     trigger = defer(task, context)
     ti = context["ti"]
     ti.id, ti.context_carrier = uuid.uuid4(), None  # what the triggerer reads of the task instance for its logs
     trigger.task_instance = ti
-    supervisor = _Supervisor(ti, task_state)
+    assert ti.xcoms[XCOM_EXECUTION_TRY] == ti.try_number  # recorded by the operator with the execution id
+    xcoms = {**ti.xcoms, XCOM_EXECUTION_TRY: ti.try_number + 1} if newer_try else ti.xcoms
+    supervisor = _Supervisor(ti, task_state, xcoms)
     monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", supervisor, raising=False)
     monkeypatch.setattr(trigger_module, "_on_kill_runs_on_reassignment", lambda: True)
     await drive_trigger(trigger, cancel_when=polled_by(emu, trigger), cancel_msg=USER_ACTION_CANCEL_MSG)
-    assert supervisor.asked == 1
+    assert supervisor.asked == (["state", XCOM_EXECUTION_TRY] if task_state == "deferred" else ["state"])
     assert len(emu.cancels(trigger.execution_id)) == cancels
     if not cancels:
         task.hook.cancel(trigger.execution_id)  # clean up the healthy execution the test left running

@@ -95,3 +95,21 @@ def test_cancel_on_kill_false_never_cancels(emu, vendor):
     task.on_kill()
     assert emu.cancels(task.execution_id) == []
     task.hook.cancel(task.execution_id)  # tidy up the emulator
+
+
+def test_a_copied_task_runs_and_cancels_on_its_own(emu, vendor):
+    """`airflow dags test` on 3.0 and `DAG.partial_subset` deep-copy every task: the guard's lock and the kill
+    flag used to make that fail ("cannot pickle '_thread.lock' object"). The copy runs, and its kill cancels
+    once, while the original's guard is left untouched."""
+    import copy
+
+    original = scenario_operator(vendor, "forever", task_id="copied", deferrable=False)
+    task = copy.deepcopy(original)
+    assert task._guard is not original._guard and task._killed is not original._killed
+    worker, outcome = in_thread(task, make_context(FakeTI("copied"), FakeStore()))
+    wait_for(lambda: task.execution_id and emu.journal(action="status", execution_id=task.execution_id), 20)
+    task.on_kill()
+    worker.join(20)
+    assert isinstance(outcome.get("error"), ExecutionKilled), outcome
+    assert len(emu.cancels(task.execution_id)) == 1
+    assert original.execution_id is None and not original._killed.is_set()

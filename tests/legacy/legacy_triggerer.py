@@ -138,7 +138,10 @@ class Metadata:
 
     def route_task_states(self, request: httpx.Request) -> httpx.Response:
         """GET /execution/task-instances/states, as execution_api/routes/task_instances.py
-        get_task_instance_states builds it (3.2.2 lines 1034-1080)."""
+        get_task_instance_states builds it (3.2.2 lines 1034-1080). An XCom read (the trigger asking which try
+        owns its execution) finds none, as for a try that recorded nothing."""
+        if "/xcoms/" in request.url.path:
+            return httpx.Response(404, json={"detail": {"reason": "not_found", "message": "XCom not found"}})
         assert request.url.path.endswith("/task-instances/states"), request.url
         params = request.url.params
         dag_id = params["dag_id"]

@@ -66,7 +66,7 @@ LOOKUP_FAILED_LOG = "Could not read the task's state"
 STATE_LOOKUP_TIMEOUT = 5.0  # inside the 10 s the triggerer waits between SIGINT and SIGTERM at shutdown
 
 
-async def _task_state_proposed(self: ExecutionTrigger) -> str | None:
+async def _task_state_proposed(self: ExecutionTrigger, deadline: float | None = None) -> str | None:
     """ExecutionTrigger._task_state as proposed for the core (the diff is in the report)."""
     ti = getattr(self, "task_instance", None)
     if ti is None:
