@@ -76,32 +76,16 @@ def remote_execution_run_facet(**fields: Any) -> Any:
     return _facet_classes()["RemoteExecutionRunFacet"](**fields)
 
 
-def _xcom(task_instance: Any, key: str) -> Any:
-    """The task's own XCom `key` (pushed when the execution started), or None where it cannot be read."""
-    try:
-        return task_instance.xcom_pull(task_ids=task_instance.task_id, key=key, map_indexes=task_instance.map_index)
-    except Exception:  # lineage must never fail a task: no XCom, or a backend that cannot answer
-        log.debug("OpenLineage: could not read XCom %r", key, exc_info=True)
-        return None
-
-
-def _execution(operator: ExecutionOperator[Any], task_instance: Any) -> tuple[str | None, str | None]:
-    """The execution id and page URL: the operator's own, else what this try pushed to XCom (a resumed
-    deferred task runs in a new operator object)."""
-    from airflow_provider_cancel.core.ownership import XCOM_EXECUTION_ID, XCOM_EXECUTION_URL
-
+def _execution(operator: ExecutionOperator[Any]) -> tuple[str | None, str | None]:
+    """The execution id the operator owns (a resumed deferred task owns it again from the trigger's event) and
+    its page URL. Nothing here talks to Airflow or the vendor: the OpenLineage listener calls us in a forked
+    process, where a call through the task's supervisor channel (XCom, connections) would hang it."""
     execution_id = operator.execution_id
-    if execution_id is None and task_instance is not None:
-        pulled = _xcom(task_instance, XCOM_EXECUTION_ID)
-        execution_id = pulled if isinstance(pulled, str) else None
     url: str | None = None
-    if task_instance is not None:
-        pulled = _xcom(task_instance, XCOM_EXECUTION_URL)
-        url = pulled if isinstance(pulled, str) and pulled else None
-    if url is None and execution_id is not None:
+    if execution_id is not None:
         try:
             url = operator.hook.execution_url(execution_id, operator.link_info())
-        except Exception:
+        except Exception:  # lineage must never fail a task
             log.debug("OpenLineage: no execution URL", exc_info=True)
     return execution_id, url
 
@@ -112,7 +96,7 @@ def operator_lineage(operator: ExecutionOperator[Any], task_instance: Any) -> An
     from openlineage.client.facet_v2 import external_query_run
 
     hook_class = operator.hook_class
-    execution_id, url = _execution(operator, task_instance)
+    execution_id, url = _execution(operator)
     run_facets: dict[str, Any] = {
         RUN_FACET_KEY: remote_execution_run_facet(
             vendor=hook_class.conn_type, vendorName=hook_class.vendor, executionId=execution_id, executionUrl=url,
