@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: lint; unit, emulator and integration tests (real HTTP on loopback); the built wheel in a
-# fresh venv (scripts/test-wheel.sh); end-to-end on a
-# real Airflow 3.3 stack started and torn down by the tests; the Airflow UI in headless Chromium (tests/ui, its
-# own stack); and every other Airflow 3 line (3.0, 3.1, 3.2, 3.3.1, 3.4 beta: scripts/test-versions.sh).
+# fresh venv (scripts/test-wheel.sh); end-to-end on a real Airflow 3.3 stack started and torn down by the tests;
+# the Airflow UI in headless Chromium (tests/ui, its own stack); and every other Airflow 3 line (3.0, 3.1, 3.2,
+# 3.3.1, 3.4 beta: scripts/test-versions.sh).
 # Extra arguments go to every pytest run (e.g. -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
