@@ -41,7 +41,15 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 
 def cli_json(env: dict[str, str], *args: str) -> Any:
-    return json.loads(cli(env, *args, "--output", "json"))
+    """The command's JSON answer: its last line that parses (3.0-3.1 print log lines to stdout before it)."""
+    out = cli(env, *args, "--output", "json")
+    for line in reversed(out.splitlines()):
+        if line.startswith(("[", "{")) and not line.startswith("[20"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise AssertionError(f"no JSON in the output of airflow {' '.join(args)}:\n{out[-3000:]}")
 
 
 def ours(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -87,8 +95,8 @@ def test_providers_links_shows_every_extra_link(airflow_env: dict[str, str]) -> 
 def test_config_section_is_registered_with_its_defaults(airflow_env: dict[str, str]) -> None:
     configs = [row["provider_config"] for row in cli_json(airflow_env, "providers", "configs")]
     assert [section for name, section in configs if name == PACKAGE_NAME] == [INFO["config"]]
-    assert cli(airflow_env, "config", "get-value", "provider_cancel", "orphan_sweep_grace").strip() == "90.0"
-    assert cli(airflow_env, "config", "get-value", "provider_cancel", "orphan_sweep").strip() == "True"
+    assert cli(airflow_env, "config", "get-value", "provider_cancel", "orphan_sweep_grace").splitlines()[-1] == "90.0"
+    assert cli(airflow_env, "config", "get-value", "provider_cancel", "orphan_sweep").splitlines()[-1] == "True"
 
 
 def test_plugins_shows_the_sweep_listener(airflow_env: dict[str, str]) -> None:
