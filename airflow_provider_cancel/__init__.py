@@ -1,3 +1,3 @@
 """Airflow provider for remote executions that are cancelled whenever their Airflow task dies."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

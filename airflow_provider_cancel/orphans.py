@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow_provider_cancel.core.ownership import (
@@ -302,7 +302,7 @@ def _claimed_by_other(text: str, name: str, now: float) -> bool:
 
 
 def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return datetime.fromtimestamp(epoch, tz=UTC)
 
 
 # -- the thread, started in each scheduler -------------------------------------------------------------------

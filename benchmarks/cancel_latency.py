@@ -24,7 +24,7 @@ import json
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,7 @@ class FakeTI:
     def __init__(self, task_id: str) -> None:
         self.dag_id, self.run_id, self.task_id = "bench", "manual__bench", task_id
         self.map_index, self.try_number = -1, 1
-        self.start_date = datetime.now(timezone.utc)
+        self.start_date = datetime.now(UTC)
         self.xcoms: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:

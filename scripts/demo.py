@@ -18,6 +18,9 @@ from pathlib import Path
 from airflow_provider_cancel.emulator.testing import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+# The DAGs folder: the checkout's example_dags/, or any copy of it (scripts/test-wheel.sh runs this script from
+# outside the checkout, against the installed wheel).
+DAGS_FOLDER = Path(os.environ.get("APC_DEMO_DAGS_FOLDER", ROOT / "example_dags"))
 DAG_ID = "example_dune_timeout"
 KEY = "sk-demo-key"
 SHOW = re.compile(r"Dune execution|Cancelled|cancel|Timeout|timed out|Task failed|AirflowTaskTimeout|Marking task")
@@ -29,7 +32,7 @@ def main() -> int:
         env = {
             **os.environ,
             "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW_CONN_DUNE_DEFAULT": json.dumps(
                 {"conn_type": "dune", "host": emulator.base_url("dune"), "password": KEY}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: lint; unit, emulator and integration tests (real HTTP on loopback); end-to-end on a
-# real Airflow 3.3 stack started and torn down by the tests; the Airflow UI in headless Chromium (tests/ui, its
-# own stack); and every other Airflow 3 line (3.0, 3.1, 3.2, 3.3.1, 3.4 beta: scripts/test-versions.sh).
+# The whole test suite: lint; unit, emulator and integration tests (real HTTP on loopback); the built wheel in a
+# fresh venv (scripts/test-wheel.sh); end-to-end on a real Airflow 3.3 stack started and torn down by the tests;
+# the Airflow UI in headless Chromium (tests/ui, its own stack); and every other Airflow 3 line (3.0, 3.1, 3.2,
+# 3.3.1, 3.4 beta: scripts/test-versions.sh).
 # Extra arguments go to every pytest run (e.g. -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,8 @@ echo "== mypy"
 mypy
 echo "== unit, emulator, integration (2 workers)"
 python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
+echo "== the built wheel in a fresh venv: twine check, provider metadata, example DAGs parse, the main job runs"
+bash scripts/test-wheel.sh
 echo "== end-to-end on a real Airflow 3.3 (one stack on a private PostgreSQL; scenarios run concurrently inside it)"
 bash scripts/setup-postgres.sh
 python -m pytest -p no:cacheprovider -m "e2e and not ui and not versions" "$@"

@@ -224,6 +224,23 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         """What the vendor's execution page URL needs beyond the execution id."""
         return {}
 
+    def lineage_job_facets(self) -> Mapping[str, Any]:
+        """OpenLineage job facets of what this operator runs (core.lineage; called only by OpenLineage)."""
+        return {}
+
+    # -- OpenLineage (apache-airflow-providers-openlineage calls these; nothing is imported before) ------
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The vendor, execution id and page as run facets, and the vendor's job facets (docs/lineage.md)."""
+        from airflow_provider_cancel.core.lineage import operator_lineage
+
+        return operator_lineage(self, task_instance)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """As on completion: a failed (or cancelled) execution is named the same way."""
+        from airflow_provider_cancel.core.lineage import operator_lineage
+
+        return operator_lineage(self, task_instance)
+
     # -- helpers for adapters --------------------------------------------------------------------------
     @property
     def hook(self) -> HookT:

@@ -17,7 +17,7 @@ import functools
 import secrets
 import string
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import Request
@@ -214,7 +214,7 @@ def _time_param(raw: str | None, name: str) -> float | None:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise _invalid(name, "invalid_format", f"The '{name}' parameter must be an ISO-8601 timestamp") from None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _summary(ex: Execution) -> dict[str, Any]:
@@ -366,4 +366,4 @@ def _dag(ex: Execution) -> dict[str, Any]:
 
 
 def _timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -286,6 +286,12 @@ class DuneRunQueryOperator(ExecutionOperator[DuneHook]):
     def link_info(self) -> Mapping[str, Any]:
         return {"query_id": self.query_id if self.sql is None else None}
 
+    def lineage_job_facets(self) -> Mapping[str, Any]:
+        from airflow_provider_cancel.core.lineage import dune_job_facets
+
+        return dune_job_facets(query_id=self.query_id if self.sql is None else None, sql=self.sql,
+                               parameters=self.query_parameters, performance=self.performance)
+
     def start_execution(self, hook: DuneHook, context: Context) -> str:
         if self.sql is not None:
             return hook.execute_sql(self.sql, performance=self.performance)

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -64,7 +64,7 @@ class FakeTI:
     def __init__(self, task_id: str = "t", try_number: int = 1) -> None:
         self.dag_id, self.run_id, self.task_id = "d", "manual__1", task_id
         self.map_index, self.try_number = -1, try_number
-        self.start_date = datetime.now(timezone.utc)
+        self.start_date = datetime.now(UTC)
         self.xcoms: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:

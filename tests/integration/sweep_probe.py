@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 PREFIX = "SWEEP-PROBE "
 
@@ -31,7 +31,7 @@ def main() -> None:
     from airflow_provider_cancel.orphans import OrphanSweep, SweepSettings
     from airflow_provider_cancel.registry import BY_CONN_TYPE
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     oldest, long_ago = now - timedelta(seconds=2000), now - timedelta(seconds=1000)
     just_now = now - timedelta(seconds=5)
     cases = {  # case -> (task instance state, when it finished, cancel_if_orphaned)

@@ -31,7 +31,7 @@ import inspect
 import json
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -163,7 +163,7 @@ class FakeTI:
     task_id, map_index, try_number = "q", -1, 1
 
     def __init__(self) -> None:
-        self.start_date = datetime.now(timezone.utc)
+        self.start_date = datetime.now(UTC)
         self.xcoms: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:
