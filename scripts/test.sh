@@ -6,22 +6,27 @@
 # Extra arguments go to every pytest run (e.g. -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+all_started=$(date +%s); stage_started=$all_started
+stage() {  # the next stage's header, with the time the previous one took: where the CI budget goes
+  local now; now=$(date +%s)
+  echo "== $* (previous stage $(( now - stage_started )) s; $(( now - all_started )) s so far)"; stage_started=$now
+}
 bash scripts/setup.sh
 . .venv/bin/activate
-echo "== ruff"
+stage "ruff"
 ruff check .
-echo "== mypy"
+stage "mypy"
 mypy
-echo "== unit, emulator, integration (2 workers)"
+stage "unit, emulator, integration (2 workers)"
 python -m pytest -p no:cacheprovider -n 2 -m "not e2e" --ignore=tests/legacy "$@"
-echo "== the built wheel in a fresh venv: twine check, provider metadata, example DAGs parse, the main job runs"
+stage "the built wheel in a fresh venv: twine check, provider metadata, example DAGs parse, the main job runs"
 bash scripts/test-wheel.sh
-echo "== end-to-end on a real Airflow 3.3 (one stack on a private PostgreSQL; scenarios run concurrently inside it)"
+stage "end-to-end on a real Airflow 3.3 (one stack on a private PostgreSQL; scenarios run concurrently inside it)"
 bash scripts/setup-postgres.sh
 python -m pytest -p no:cacheprovider -m "e2e and not ui and not versions" "$@"
-echo "== the Airflow UI in headless Chromium (Debian's chromium; screenshots in artifacts/ui/)"
+stage "the Airflow UI in headless Chromium (Debian's chromium; screenshots in artifacts/ui/)"
 bash scripts/install-browser.sh
 python -m pytest -p no:cacheprovider -m ui tests/ui "$@"
-echo "== every other Airflow 3 line, one after another (stage started $(date +%s))"
+stage "every other Airflow 3 line, one after another"
 bash scripts/test-versions.sh "$@"
-echo "== versions stage ended $(date +%s)"
+stage "all green"

@@ -21,10 +21,11 @@ from airflow_provider_cancel.registry import VENDORS
 from airflow_provider_cancel.version_compat import AIRFLOW_VERSION
 
 pytest.importorskip("airflow.providers.openlineage")
-# On 3.0.6 `airflow dags test` turns the DAG into a scheduler DAG by deep-copying it and fails on the operators'
-# thread locks ("cannot pickle '_thread.lock' object") before any task runs: the run is proven on 3.3+, where
-# the example DAGs run too (tests/e2e/test_example_dags.py). The facets themselves are tested on every line
-# (tests/unit/test_lineage_facets.py).
+# On 3.0.6 `airflow dags test` turns the DAG into a scheduler DAG by deep-copying it, which failed on the operators'
+# thread locks ("cannot pickle '_thread.lock' object") before the tasks became copyable
+# (tests/integration/test_running_paths.py::test_a_copied_task_runs_and_cancels_on_its_own). This real run is
+# proven on 3.3+ only, where the example DAGs run too (tests/e2e/test_example_dags.py); the facets themselves are
+# tested on every line (tests/unit/test_lineage_facets.py).
 pytestmark = pytest.mark.skipif(AIRFLOW_VERSION < (3, 3, 0), reason="airflow dags test deep-copies the DAG before 3.3")
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
