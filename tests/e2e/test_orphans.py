@@ -129,13 +129,16 @@ def kill_worker(stack, run_id: str, task_id: str) -> None:
 
 def test_n5_marked_failed_after_its_worker_was_lost(stack, emu_client, orphan_run, matrix):
     run_id = orphan_run["run_id"]
+    ids, killed_at = {}, {}
+    for vendor in VENDORS:  # all five killed first, then waited for together: the sweep serves them at once
+        task_id = f"n5_cutshort_{vendor}"
+        ids[vendor] = running_execution(stack, emu_client, run_id, task_id)
+        kill_worker(stack, run_id, task_id)
+        killed_at[vendor] = now()
+        stack.set_ti_state(DAG_ID, run_id, task_id, "failed")
     for vendor in VENDORS:
         task_id = f"n5_cutshort_{vendor}"
-        execution_id = running_execution(stack, emu_client, run_id, task_id)
-        kill_worker(stack, run_id, task_id)
-        killed_at = now()
-        stack.set_ti_state(DAG_ID, run_id, task_id, "failed")
-        count, seconds = swept(stack, emu_client, run_id, task_id, execution_id, killed_at,
+        count, seconds = swept(stack, emu_client, run_id, task_id, ids[vendor], killed_at[vendor],
                                SWEEP_GRACE + SWEEP_INTERVAL)
         state = stack.ti(DAG_ID, run_id, task_id)["state"]
         matrix.add(path="N5", vendor=vendor, mode="running, on_kill never ran (SIGKILLed), marked failed",
@@ -146,25 +149,28 @@ def test_n5_marked_failed_after_its_worker_was_lost(stack, emu_client, orphan_ru
 
 def test_n1_task_process_killed_with_no_retry_left(stack, emu_client, orphan_run, matrix):
     run_id = orphan_run["run_id"]
-    for vendor in VENDORS:
-        execution_id = running_execution(stack, emu_client, run_id, f"n1_oom_{vendor}")
-        spared = running_execution(stack, emu_client, run_id, f"n1_off_{vendor}")
-        killed_at = now()
+    ids, spared, killed_at = {}, {}, {}
+    for vendor in VENDORS:  # all five killed first, then waited for together
+        ids[vendor] = running_execution(stack, emu_client, run_id, f"n1_oom_{vendor}")
+        spared[vendor] = running_execution(stack, emu_client, run_id, f"n1_off_{vendor}")
+        killed_at[vendor] = now()
         for task_id in (f"n1_oom_{vendor}", f"n1_off_{vendor}"):
             os.kill(stack.wait_task_pids(DAG_ID, run_id, task_id).runner, signal.SIGKILL)
+    for vendor in VENDORS:
         for task_id in (f"n1_oom_{vendor}", f"n1_off_{vendor}"):
             stack.wait_ti(DAG_ID, run_id, task_id, {"failed"}, timeout=DEADLINE, fail_states={"success"})
-        count, seconds = swept(stack, emu_client, run_id, f"n1_oom_{vendor}", execution_id, killed_at,
+        count, seconds = swept(stack, emu_client, run_id, f"n1_oom_{vendor}", ids[vendor], killed_at[vendor],
                                SWEEP_GRACE + SWEEP_INTERVAL)
-        left_alone = (emu_client.cancels(spared) == [] and emu_client.execution(spared)["state"] == "running"
+        kept = spared[vendor]
+        left_alone = (emu_client.cancels(kept) == [] and emu_client.execution(kept)["state"] == "running"
                       and recorded(stack, run_id, f"n1_off_{vendor}"))  # looked at, and left as the user asked
         matrix.add(path="N1", vendor=vendor, mode="running, task process SIGKILLed, retries=0", cancels=count,
                    state="failed", latency=seconds, result="pass" if count == 1 else "FAIL")
         matrix.add(path="N1", vendor=vendor, mode="the same with cancel_orphans=False", cancels=len(
-            emu_client.cancels(spared)), state="failed", latency=None, result="pass" if left_alone else "FAIL")
+            emu_client.cancels(kept)), state="failed", latency=None, result="pass" if left_alone else "FAIL")
         assert count == 1
-        assert left_alone, emu_client.cancels(spared)
-        emu_client.remote_cancel(spared)  # the user's own clean-up of what they chose to keep
+        assert left_alone, emu_client.cancels(kept)
+        emu_client.remote_cancel(kept)  # the user's own clean-up of what they chose to keep
 
 
 def test_n2_worker_lost_heartbeat_timeout(stack, emu_client, orphan_run, matrix):
