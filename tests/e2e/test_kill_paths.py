@@ -233,7 +233,9 @@ def test_clear_cancels_once_and_the_new_try_never_overlaps(stack, emu_client, ru
     cancel = stack.wait_until(lambda: emu_client.cancels(first), timeout=KILL_DEADLINE,
                               message=f"a cancel of {first}")[0]
     second = stack.wait_until(
-        lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id")) not in (None, first) and eid,
+        # B3OS records the id it chooses before the create is sent: count it once the create has arrived
+        lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id")) not in (None, first)
+        and emu_client.journal(action="create", execution_id=eid) and eid,
         timeout=FINISH_DEADLINE, message="the new try's own execution",
     )
     cancels = settle(stack, emu_client, first, runner)
@@ -291,7 +293,8 @@ def test_hard_killed_worker_next_try_applies_the_policy(stack, emu_client, runs,
     )
     if policy == "cancel":  # the orphan first ends, then the new one starts
         adopted_or_new = stack.wait_until(
-            lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id")) != first and eid,
+            lambda: (eid := stack.xcom(dag_id, run_id, task_id, key="execution_id")) != first and eid
+            and emu_client.journal(action="create", execution_id=eid) and eid,
             timeout=FINISH_DEADLINE, message="the new try's own execution",
         )
     orphan_cancels = len(emu_client.cancels(first))
