@@ -9,9 +9,8 @@ when its task succeeds and ``get_openlineage_facets_on_failure(task_instance)`` 
 - run facet ``externalQuery`` (OpenLineage's ``ExternalQueryRunFacet``): ``externalQueryId`` is the execution id,
   ``source`` the vendor, as the official SQL providers report a query id;
 
-and for Dune (`dune_job_facets`) the job facets ``sql`` (``SQLJobFacet``, only when raw SQL was run; dialect
-``dune``) and ``duneQuery`` (`DuneQueryJobFacet`: ``queryId`` of a saved query or null, ``parameters``,
-``performance``). No connection secret is ever put in a facet: only the id, the page URL (which carries no
+and the job facets a vendor's operator adds (``lineage_job_facets``; Dune: ``sql`` and ``duneQuery``, in
+vendors/dune.py). No connection secret is ever put in a facet: only the id, the page URL (which carries no
 credentials) and what the DAG itself gave the operator.
 
 Nothing here is imported at DAG parse: the operators import this module, and this module imports OpenLineage,
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,14 +32,13 @@ SCHEMA_BASE = "https://github.com/airflow-provider-cancel/airflow-provider-cance
 RUN_FACET_KEY = "remoteExecution"
 EXTERNAL_QUERY_FACET_KEY = "externalQuery"
 SQL_JOB_FACET_KEY = "sql"
-DUNE_QUERY_FACET_KEY = "duneQuery"
 
 
 @functools.cache
-def _facet_classes() -> dict[str, type]:
-    """The attrs facet classes, built on first use (they subclass OpenLineage's, so need it importable)."""
+def _run_facet_class() -> type:
+    """The attrs facet class, built on first use (it subclasses OpenLineage's, so needs it importable)."""
     from attrs import define, field
-    from openlineage.client.facet_v2 import JobFacet, RunFacet
+    from openlineage.client.facet_v2 import RunFacet
 
     @define
     class RemoteExecutionRunFacet(RunFacet):  # type: ignore[misc]
@@ -57,23 +54,11 @@ def _facet_classes() -> dict[str, type]:
         def _get_schema() -> str:
             return f"{SCHEMA_BASE}#remoteexecutionrunfacet"
 
-    @define
-    class DuneQueryJobFacet(JobFacet):  # type: ignore[misc]
-        """What a Dune task runs: a saved query (``queryId``) or raw SQL (``queryId`` null), and its parameters."""
-
-        queryId: int | None
-        parameters: dict[str, Any] = field(factory=dict)
-        performance: str | None = field(default=None)
-
-        @staticmethod
-        def _get_schema() -> str:
-            return f"{SCHEMA_BASE}#dunequeryjobfacet"
-
-    return {"RemoteExecutionRunFacet": RemoteExecutionRunFacet, "DuneQueryJobFacet": DuneQueryJobFacet}
+    return RemoteExecutionRunFacet
 
 
 def remote_execution_run_facet(**fields: Any) -> Any:
-    return _facet_classes()["RemoteExecutionRunFacet"](**fields)
+    return _run_facet_class()(**fields)
 
 
 def _execution(operator: ExecutionOperator[Any]) -> tuple[str | None, str | None]:
@@ -108,22 +93,3 @@ def operator_lineage(operator: ExecutionOperator[Any], task_instance: Any) -> An
             externalQueryId=execution_id, source=hook_class.conn_type
         )
     return OperatorLineage(run_facets=run_facets, job_facets=dict(operator.lineage_job_facets()))
-
-
-def dune_job_facets(*, query_id: Any, sql: Any, parameters: Mapping[str, Any] | None,
-                    performance: Any) -> dict[str, Any]:
-    """Dune's job facets: ``sql`` (raw SQL only) and ``duneQuery`` (saved query id or null, parameters)."""
-    from openlineage.client.facet_v2 import sql_job
-
-    facets: dict[str, Any] = {}
-    if isinstance(sql, str):
-        facets[SQL_JOB_FACET_KEY] = sql_job.SQLJobFacet(query=sql, dialect="dune")
-    number = query_id if isinstance(query_id, int) and not isinstance(query_id, bool) else None
-    if number is None and isinstance(query_id, str) and query_id.strip().isdigit():
-        number = int(query_id.strip())
-    facets[DUNE_QUERY_FACET_KEY] = _facet_classes()["DuneQueryJobFacet"](
-        queryId=number,
-        parameters=dict(parameters) if isinstance(parameters, Mapping) else {},
-        performance=performance if isinstance(performance, str) else None,
-    )
-    return facets

@@ -7,6 +7,8 @@ a create is never retried after an ambiguous failure. Execution ids are ULIDs.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -287,10 +289,24 @@ class DuneRunQueryOperator(ExecutionOperator[DuneHook]):
         return {"query_id": self.query_id if self.sql is None else None}
 
     def lineage_job_facets(self) -> Mapping[str, Any]:
-        from airflow_provider_cancel.core.lineage import dune_job_facets
+        """``sql`` (raw SQL only) and ``duneQuery`` (the saved query's id, or null for raw SQL; its parameters)."""
+        from openlineage.client.facet_v2 import sql_job
 
-        return dune_job_facets(query_id=self.query_id if self.sql is None else None, sql=self.sql,
-                               parameters=self.query_parameters, performance=self.performance)
+        from airflow_provider_cancel.core.lineage import SQL_JOB_FACET_KEY
+
+        facets: dict[str, Any] = {}
+        query_id: int | None = None
+        if isinstance(self.sql, str):
+            facets[SQL_JOB_FACET_KEY] = sql_job.SQLJobFacet(query=self.sql, dialect="dune")
+        else:
+            with contextlib.suppress(ProviderConfigError):  # lineage never fails a task
+                query_id = self._query_id_number()
+        facets[DUNE_QUERY_FACET_KEY] = _dune_query_facet_class()(
+            queryId=query_id,
+            parameters=dict(self.query_parameters) if isinstance(self.query_parameters, Mapping) else {},
+            performance=self.performance if isinstance(self.performance, str) else None,
+        )
+        return facets
 
     def start_execution(self, hook: DuneHook, context: Context) -> str:
         if self.sql is not None:
@@ -323,3 +339,30 @@ class DuneExecutionSensor(ExecutionSensor):
     """Wait for a Dune execution started elsewhere, by its execution id. Never cancels it."""
 
     hook_class = DuneHook
+
+
+DUNE_QUERY_FACET_KEY = "duneQuery"
+
+
+@functools.cache
+def _dune_query_facet_class() -> type:
+    """OpenLineage job facet of a Dune task, built on first use (it subclasses OpenLineage's, which is imported
+    only when OpenLineage asks for lineage)."""
+    from attrs import define, field
+    from openlineage.client.facet_v2 import JobFacet
+
+    from airflow_provider_cancel.core.lineage import SCHEMA_BASE
+
+    @define
+    class DuneQueryJobFacet(JobFacet):  # type: ignore[misc]
+        """What a Dune task runs: a saved query (``queryId``) or raw SQL (``queryId`` null), and its parameters."""
+
+        queryId: int | None
+        parameters: dict[str, Any] = field(factory=dict)
+        performance: str | None = field(default=None)
+
+        @staticmethod
+        def _get_schema() -> str:
+            return f"{SCHEMA_BASE}#dunequeryjobfacet"
+
+    return DuneQueryJobFacet
