@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from .airflow_stack import pid_alive
-from .conftest import VENDORS, now
+from .conftest import SWEEP_GRACE, VENDORS, now
 
 pytestmark = pytest.mark.e2e
 
@@ -258,18 +258,25 @@ def test_clear_cancels_once_and_the_new_try_never_overlaps(stack, emu_client, ru
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_crashed_trigger_cancels_through_fail(stack, emu_client, runs, matrix, vendor):
     """K8: the trigger crashes (its hook class cannot be imported in the triggerer): the task resumes with
-    ``__fail__`` on a worker, which cancels the recorded execution, and fails."""
+    ``__fail__`` on a worker, which cancels the recorded execution, and fails.
+
+    Airflow may also fail the task without ever resuming it (its deferral race, docs/kill-paths.md N6: the crash
+    reached the scheduler before the deferring worker's exit did; the trigger's 3 s hold makes it rare, a loaded
+    machine can still lose it). Then the orphan sweep owes the cancel, within its grace and interval; either way
+    exactly one cancel must reach the API, and the matrix says which path sent it."""
     dag_id, run_id, task_id = f"e2e_{vendor}", runs(vendor), "k8_trigger_crash"
     execution_id = execution_of(stack, emu_client, vendor, run_id, task_id, polled=False)
     ti = stack.wait_ti(dag_id, run_id, task_id, {"failed"}, timeout=FINISH_DEADLINE, fail_states={"success"})
-    cancels = stack.wait_until(lambda: emu_client.cancels(execution_id), timeout=KILL_DEADLINE,
+    cancels = stack.wait_until(lambda: emu_client.cancels(execution_id), timeout=KILL_DEADLINE + SWEEP_GRACE,
                                message=f"a cancel of {execution_id}")
     count = settle(stack, emu_client, execution_id)
     log = stack.task_log(dag_id, run_id, task_id, ti["try_number"])
-    matrix.add(path="K8", vendor=vendor, mode="deferred", cancels=count, state=ti["state"], latency=None,
-               result="pass" if count == 1 else "FAIL")
+    resumed = "the trigger failed or timed out" in log
+    matrix.add(path="K8", vendor=vendor, mode="deferred" if resumed else "deferred, failed unresumed (N6): the sweep",
+               cancels=count, state=ti["state"], latency=None, result="pass" if count == 1 else "FAIL")
     assert count == 1 and cancels[0]["status_code"] == 200
-    assert "the trigger failed or timed out" in log
+    if resumed:  # then the resumed task sent it, not the sweep
+        assert f"{execution_id}: the trigger failed or timed out" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("vendor", VENDORS)

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 import pytest
-from airflow.sdk.module_loading import import_string
+from airflow.providers.common.compat.module_loading import import_string
 
 from airflow_provider_cancel.core import http
 from airflow_provider_cancel.core.errors import ExecutionApiError
@@ -398,7 +398,7 @@ def test_a_key_that_cannot_be_sent_is_refused_by_connection_and_field_and_never_
 
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_a_host_with_credentials_is_refused_and_they_are_never_echoed(server, monkeypatch, vendor):
-    from airflow.sdk.log import redact as airflow_redact
+    from airflow.providers.common.compat.sdk import redact as airflow_redact
 
     from airflow_provider_cancel.core.errors import ProviderConfigError
 

@@ -65,6 +65,7 @@ def b3os_run(task_id: str, conn_id: str):
                                    deferrable=False)
 
 
+@pytest.mark.skipif("b3os" not in VENDORS, reason="B3OS is not among this run's TEST_VENDORS")
 def test_a_b3os_run_id_is_recorded_before_the_create_and_the_retry_adopts_the_run(emu, b3os_short_timeout):
     """The create is carried out but answered too late: try 1 fails with a timeout, yet its run id was recorded
     before the request left; try 2 finds the run through the record and reattaches (one run, never two)."""
