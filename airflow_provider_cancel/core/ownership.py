@@ -4,8 +4,10 @@ Three parts, each small:
 
 - `ExecutionRecord` / `RecordStore`: what a task instance writes down as soon as it owns an execution (the id,
   the try that started it, how to reach it), in Airflow 3.3's ``task_state_store`` (shared by every try of the
-  task instance, kept across worker deaths) and in XCom. A later try reads it back (`recall`) to adopt or replace
-  the execution; the orphan sweep (`airflow_provider_cancel.orphans`) reads it to cancel what no live try owns.
+  task instance, kept across worker deaths) and in XCom. Before 3.3 (no ``task_state_store``; XComs are cleared
+  when a new try starts) an Airflow Variable per task instance holds it instead. A later try reads it back
+  (`recall`) to adopt or replace the execution; the orphan sweep (`airflow_provider_cancel.orphans`, 3.3+)
+  reads it to cancel what no live try owns.
 - `decide_existing` and `decide_finished`: pure decisions, no I/O, about an execution an earlier try left and
   about an execution that reached a terminal state.
 - `CancelGuard`: the cancel state of the execution this process owns, IDLE -> LIVE -> ENDED | REQUESTED |
@@ -21,6 +23,8 @@ id the client chooses, before the create is sent). It stops being cancellable wh
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -37,6 +41,9 @@ XCOM_EXECUTION_URL = "execution_url"
 # new try starts, so a trigger of an earlier try tells "still my try, deferred" from "a newer try" by it.
 XCOM_EXECUTION_TRY = "execution_try"
 STATE_STORE_KEY = "airflow_provider_cancel.execution_id"
+# Before 3.3: one Variable per task instance, named by a digest (dag and run ids may be 250 characters each;
+# a Variable key may not). Its value names the task instance for whoever reads the Variables list.
+VARIABLE_PREFIX = "airflow_provider_cancel.execution."
 
 OnExisting = Literal["reattach", "cancel"]
 
@@ -76,51 +83,98 @@ class ExecutionRecord:
 
 
 class RecordStore:
-    """A task instance's record of its execution, over the running task's context."""
+    """A task instance's record of its execution, over the running task's context.
+
+    Where it outlives the try: Airflow 3.3's ``task_state_store`` (in the context), else (3.0-3.2) a Variable
+    named after the task instance (`variable_key`). Failures to reach either are logged, never raised: XCom
+    still holds the id for this try, and a kill must not wait on them."""
 
     def __init__(self, context: Context, log: Any) -> None:
         self._context = context
         self._store = context.get("task_state_store")  # Airflow 3.3+
+        self._variable = None if self._store or not _variables_hold_records() else _variable_for(context)
         self.log = log
 
     @property
     def durable(self) -> bool:
         """Does the record outlive this try (so that a retry, or the orphan sweep, finds it)?"""
-        return bool(self._store)
+        return bool(self._store) or self._variable is not None
 
     def save(self, record: ExecutionRecord) -> None:
-        """XCom for people and downstream tasks; task_state_store before any poll: a later try (after a crash or
-        a clear) and the orphan sweep find it there, even if this worker dies."""
+        """XCom for people and downstream tasks; the durable record before any poll: a later try (after a crash
+        or a clear) and the orphan sweep find it there, even if this worker dies."""
         ti = self._context["ti"]
         ti.xcom_push(key=XCOM_EXECUTION_ID, value=record.execution_id)
         ti.xcom_push(key=XCOM_EXECUTION_TRY, value=ti.try_number)
-        if self._store:
-            try:
+        try:
+            if self._store:
                 self._store.set(STATE_STORE_KEY, record.to_value())
-            except Exception as err:  # an older store API or backend: XCom still holds the id
-                self.log.warning("Could not record the execution id in task_state_store: %s", err)
+            elif self._variable is not None:
+                from airflow.providers.common.compat.sdk import Variable
+
+                value = {**record.to_value(), "task_instance": _ti_name(ti)}
+                Variable.set(self._variable, json.dumps(value), description="airflow-provider-cancel: the remote "
+                             "execution of this task instance (deleted when the task sees it end)")
+        except Exception as err:  # an older store API or backend: XCom still holds the id
+            self.log.warning("Could not record the execution id where a later try finds it: %s", err)
 
     def recall(self) -> ExecutionRecord | None:
-        """The execution recorded by this task instance (task_state_store first, then this try's XCom)."""
-        if self._store:
-            try:
-                value = self._store.get(STATE_STORE_KEY)
-            except Exception as err:
-                self.log.warning("Could not read task_state_store: %s", err)
-            else:
-                if (record := ExecutionRecord.from_value(value)) is not None:
-                    return record
+        """The execution recorded by this task instance (the durable record first, then this try's XCom)."""
+        try:
+            value = self._durable_value()
+        except Exception as err:
+            self.log.warning("Could not read the recorded execution id: %s", err)
+        else:
+            if (record := ExecutionRecord.from_value(value)) is not None:
+                return record
         ti = self._context["ti"]
         value = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_EXECUTION_ID, map_indexes=ti.map_index)
         return ExecutionRecord(value) if isinstance(value, str) and value else None
 
     def forget(self) -> None:
-        """Done with it (it succeeded): a later clear of this task runs anew instead of adopting it."""
-        if self._store:
-            try:
+        """Done with it (its end was seen): a later clear of this task runs anew instead of adopting it."""
+        try:
+            if self._store:
                 self._store.delete(STATE_STORE_KEY)
-            except Exception as err:
-                self.log.warning("Could not clear the execution id from task_state_store: %s", err)
+            elif self._variable is not None:
+                from airflow.providers.common.compat.sdk import Variable
+
+                Variable.delete(self._variable)
+        except Exception as err:
+            self.log.warning("Could not clear the recorded execution id: %s", err)
+
+    def _durable_value(self) -> Any:
+        if self._store:
+            return self._store.get(STATE_STORE_KEY)
+        if self._variable is None:
+            return None
+        from airflow.providers.common.compat.sdk import Variable
+
+        raw = Variable.get(self._variable, default=None)
+        return json.loads(raw) if isinstance(raw, str) else None
+
+
+def _variables_hold_records() -> bool:
+    from airflow_provider_cancel.version_compat import AIRFLOW_V_3_3_PLUS
+
+    return not AIRFLOW_V_3_3_PLUS
+
+
+def _variable_for(context: Context) -> str | None:
+    try:
+        return variable_key(context["ti"])
+    except (KeyError, AttributeError):  # not a real task's context (a test's, a probe's): nothing durable
+        return None
+
+
+def _ti_name(ti: Any) -> str:
+    return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}" + ("" if ti.map_index in (None, -1) else f"[{ti.map_index}]")
+
+
+def variable_key(ti: Any) -> str:
+    """The Variable holding a task instance's record before Airflow 3.3: the same for every try of it."""
+    identity = json.dumps([ti.dag_id, ti.run_id, ti.task_id, ti.map_index])
+    return VARIABLE_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 # -- decisions -----------------------------------------------------------------------------------------------

@@ -578,6 +578,9 @@ class AirflowStack:
             "AIRFLOW__API__SECRET_KEY": "airflow-stack-e2e-secret-key",
             "AIRFLOW__API__EXPOSE_CONFIG": "True",
             "AIRFLOW__API_AUTH__JWT_SECRET": "airflow-stack-e2e-jwt-secret-0123456789abcdef",
+            # Airflow 3.0 always writes an "iss" claim, None when unset, and PyJWT >= 2.12 refuses a None
+            # issuer ("Issuer (iss) must be a string."; 2.15.1 here): without a constraints file 3.0.6 gets it.
+            "AIRFLOW__API_AUTH__JWT_ISSUER": "airflow-stack-e2e",
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(self.heartbeat),
             # Dozens of tasks starting at once on 2 cores and SQLite: the api-server took up to 31 s to mark a
             # task started, and at the default 5 s timeout (3 failed heartbeats) tasks died before they ran.

@@ -7,16 +7,19 @@ import threading
 
 import pytest
 
+from airflow_provider_cancel.core import ownership
 from airflow_provider_cancel.core.ownership import (
     CancelGuard,
     CancelState,
     ExecutionRecord,
     Existing,
+    RecordStore,
     Finish,
     OrphanAction,
     decide_existing,
     decide_finished,
     decide_orphan,
+    variable_key,
 )
 from airflow_provider_cancel.core.state import CancelOutcome, ExecutionState
 
@@ -167,6 +170,61 @@ def test_record_round_trip_and_tolerance():
     )
     assert ExecutionRecord.from_value({"nope": 1}) is None
     assert ExecutionRecord.from_value(None) is None
+
+
+class _TI:
+    def __init__(self, try_number: int, run_id: str = "manual__2026-12-03") -> None:
+        self.dag_id, self.run_id, self.task_id, self.map_index, self.try_number = "d", run_id, "t", -1, try_number
+        self.xcoms: dict[str, object] = {}  # one try's XComs: Airflow clears them when the next try starts
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.xcoms[key] = value
+
+    def xcom_pull(self, task_ids: str, key: str, map_indexes: int) -> object:
+        return self.xcoms.get(key)
+
+
+class _Variables:
+    """Airflow's Variable API, as far as the record uses it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def set(self, key: str, value: str, description: str | None = None) -> None:
+        assert len(key) <= 250  # Airflow's Variable.key column
+        self.values[key] = value
+
+    def get(self, key: str, default: object = None) -> object:
+        return self.values.get(key, default)
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+def test_before_3_3_a_variable_carries_the_record_to_the_next_try(monkeypatch):
+    """No task_state_store (3.0-3.2) and XComs cleared at each new try: a retry after a lost worker still finds
+    the execution, and a success removes the Variable."""
+    variables = _Variables()
+    monkeypatch.setattr("airflow.providers.common.compat.sdk.Variable", variables)
+    monkeypatch.setattr(ownership, "_variables_hold_records", lambda: True)
+    log = type("Log", (), {"warning": lambda *a, **k: pytest.fail(f"warned: {a}")})()
+    first = RecordStore({"ti": _TI(1, run_id="r" * 250)}, log)
+    assert first.durable
+    first.save(ExecutionRecord("e-1", try_number=1, conn_id="c", hook="m.H"))
+    (key,) = variables.values
+    assert key == variable_key(_TI(2, run_id="r" * 250))  # the same Variable for every try
+    retry = RecordStore({"ti": _TI(2, run_id="r" * 250)}, log)
+    assert retry.recall() == ExecutionRecord("e-1", try_number=1, conn_id="c", hook="m.H")
+    retry.forget()
+    assert variables.values == {} and retry.recall() is None
+    other_run = RecordStore({"ti": _TI(1, run_id="other")}, log)
+    other_run.save(ExecutionRecord("e-2"))
+    assert RecordStore({"ti": _TI(1)}, log).recall() is None  # another task instance's record is not ours
+
+
+def test_from_3_3_the_task_state_store_holds_the_record_and_no_variable_is_written(monkeypatch):
+    monkeypatch.setattr(ownership, "_variables_hold_records", lambda: False)
+    assert not RecordStore({"ti": _TI(1)}, None).durable
 
 
 @pytest.mark.parametrize(
