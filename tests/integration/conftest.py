@@ -27,7 +27,7 @@ os.environ.setdefault("AIRFLOW_DISABLE_GREENBACK_PORTAL", "true")
 @pytest.fixture(scope="session")
 def emulator() -> Iterator[EmulatorProcess]:
     with EmulatorProcess("--api-key", API_KEY) as process:
-        for vendor in VENDORS:
+        for vendor in CONN_TYPES:  # every vendor's connection: a few tests use one vendor as the example
             conn = {"conn_type": vendor, "host": process.base_url(vendor), "password": API_KEY}
             os.environ[f"AIRFLOW_CONN_{vendor.upper()}_EMU"] = json.dumps(conn)
             bad = {**conn, "password": "sk-wrong-key"}

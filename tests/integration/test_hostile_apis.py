@@ -38,7 +38,8 @@ from airflow_provider_cancel.registry import BY_CONN_TYPE
 from .conftest import API_KEY, VENDORS, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .hostile import HostileServer, Reply, wait_until
 
-HOOKS: dict[str, type[ExecutionHook]] = {vendor: import_string(BY_CONN_TYPE[vendor].hook_path) for vendor in VENDORS}
+# Every vendor's hook (a few tests use Dune as the example on every line); parametrized tests run VENDORS.
+HOOKS: dict[str, type[ExecutionHook]] = {vendor: import_string(spec.hook_path) for vendor, spec in BY_CONN_TYPE.items()}
 OPERATORS: dict[str, type[ExecutionOperator]] = {
     vendor: import_string(BY_CONN_TYPE[vendor].operator_path) for vendor in VENDORS
 }
@@ -49,7 +50,7 @@ MARGIN = 2.0  # seconds past a deadline a loaded 2-core machine may take to noti
 def server(monkeypatch):
     """A hostile loopback server behind every vendor's `<vendor>_hostile` connection; `server.reply` decides."""
     srv = HostileServer()
-    for vendor in VENDORS:
+    for vendor in HOOKS:
         monkeypatch.setenv(f"AIRFLOW_CONN_{vendor.upper()}_HOSTILE", json.dumps(
             {"conn_type": vendor, "host": srv.url, "password": API_KEY}))
     yield srv
