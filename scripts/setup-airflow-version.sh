@@ -22,6 +22,9 @@ case "$VERSION" in
   # FastAPI 0.132 refuses a JSON body without a Content-Type header, and the 3.0 Task SDK sends none: every
   # task dies at start with a 422 from PATCH /execution/task-instances/{id}/run (apache/airflow#63209).
   3.0.*) PINS=("fastapi<0.132") ;;
+  # 3.2 sets no upper bound on FastAPI; from 0.137 its dag-processor fails to build the Execution API's routes
+  # ("Model 'TITerminalStatePayload' needs a discriminator field"). 3.3 declares <0.137: the same here.
+  3.2.*) PINS=("fastapi<0.137") ;;
   *) PINS=() ;;
 esac
 WANT="airflow=$VERSION pyproject=$(sha256sum pyproject.toml | cut -c1-16) pins=${PINS[*]:-}"
