@@ -76,9 +76,10 @@ class Found:
     dag_id: str
     run_id: str
     task_id: str
-    map_index: int
+    map_index: int  # Airflow 3.4: the row's region_index
     ti_state: str
     record: ExecutionRecord
+    region_id: Any = None  # Airflow 3.4's dynamic region of the task instance (None before 3.4)
 
     @property
     def task(self) -> str:
@@ -178,16 +179,21 @@ class OrphanSweep:
         from airflow.models.task_state_store import TaskStateStoreModel as Store
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
-        from sqlalchemy import and_, func, select
+        from sqlalchemy import and_, func, null, select
 
         finished = func.coalesce(TaskInstance.end_date, TaskInstance.updated_at)
         newest = _utc(now - self.settings.grace)
         oldest = _utc(now - self.settings.horizon)
+        regions = _has_regions(Store)
+        index = (Store.region_index if regions else Store.map_index).label("map_index")
+        region = (Store.region_id if regions else null()).label("region_id")
+        same_index = (and_(TaskInstance.region_id == Store.region_id, TaskInstance.region_index == Store.region_index)
+                      if regions else TaskInstance.map_index == Store.map_index)
         query = (
-            select(Store.id, Store.value, Store.dag_id, Store.run_id, Store.task_id, Store.map_index,
+            select(Store.id, Store.value, Store.dag_id, Store.run_id, Store.task_id, index, region,
                    TaskInstance.state)
             .join(TaskInstance, and_(TaskInstance.dag_id == Store.dag_id, TaskInstance.run_id == Store.run_id,
-                                     TaskInstance.task_id == Store.task_id, TaskInstance.map_index == Store.map_index))
+                                     TaskInstance.task_id == Store.task_id, same_index))
             .where(Store.key == STATE_STORE_KEY, TaskInstance.state.in_(sorted(FINISHED_TI_STATES)),
                    finished <= newest, finished >= oldest)
             .order_by(finished)
@@ -201,7 +207,7 @@ class OrphanSweep:
             if record is None or _claimed_by_other(row.value, self.name, now):
                 continue
             found.append(Found(row.id, row.value, row.dag_id, row.run_id, row.task_id, row.map_index,
-                               str(row.state), record))
+                               str(row.state), record, row.region_id))
         return found
 
     def _claim(self, found: Found, now: float) -> bool:
@@ -217,14 +223,17 @@ class OrphanSweep:
 
     def _still_finished(self, found: Found) -> bool:
         """Right before a cancel: the task instance was not cleared (its new try would adopt the execution)."""
+        from airflow.models.task_state_store import TaskStateStoreModel as Store
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
+        same_index = ([TaskInstance.region_id == found.region_id, TaskInstance.region_index == found.map_index]
+                      if _has_regions(Store) else [TaskInstance.map_index == found.map_index])
         with create_session() as session:
             state = session.scalar(select(TaskInstance.state).where(
                 TaskInstance.dag_id == found.dag_id, TaskInstance.run_id == found.run_id,
-                TaskInstance.task_id == found.task_id, TaskInstance.map_index == found.map_index))
+                TaskInstance.task_id == found.task_id, *same_index))
         return state in FINISHED_TI_STATES
 
     def _replace(self, row_id: int, old: str, new: str) -> bool:
@@ -368,3 +377,8 @@ def _hookimpl(function: Callable[..., Any]) -> Callable[..., Any]:
 _Listener.on_starting = _hookimpl(_Listener.on_starting)  # type: ignore[method-assign]
 _Listener.before_stopping = _hookimpl(_Listener.before_stopping)  # type: ignore[method-assign]
 LISTENER = _Listener()
+
+
+def _has_regions(store: Any) -> bool:
+    """Airflow 3.4 names a task instance's rows by (region_id, region_index) where 3.3 had map_index."""
+    return hasattr(store, "region_index")

@@ -53,13 +53,15 @@ def main() -> None:
                 logical_date=None, state="running"))
             dag_run_id = session.scalar(select(DagRun.id).where(DagRun.run_id == run_id))
             for case, (state, ended, cancel) in cases.items():
+                ti_index = {"region_index": -1} if hasattr(TaskInstance, "region_index") else {"map_index": -1}
                 session.execute(insert(TaskInstance.__table__).values(
-                    dag_id="d", run_id=run_id, task_id=case, map_index=-1, try_number=1, state=state,
+                    dag_id="d", run_id=run_id, task_id=case, **ti_index, try_number=1, state=state,
                     end_date=ended, updated_at=ended or now, pool="default_pool"))
                 record = ExecutionRecord(scenario_of[vendor][case], try_number=1, conn_id=f"{vendor}_probe",
                                          hook=BY_CONN_TYPE[vendor].hook_path, cancel_if_orphaned=cancel)
+                index = {"region_index": -1} if hasattr(Store, "region_index") else {"map_index": -1}  # 3.4
                 session.execute(insert(Store).values(dag_run_id=dag_run_id, dag_id="d", run_id=run_id,
-                                                     task_id=case, map_index=-1, key=STATE_STORE_KEY,
+                                                     task_id=case, **index, key=STATE_STORE_KEY,
                                                      value=json.dumps(record.to_value()), updated_at=now))
 
     def left() -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from airflow_provider_cancel.core.errors import (
 )
 from airflow_provider_cancel.core.operator import KILL_RETRY, STATE_STORE_KEY, XCOM_EXECUTION_ID
 from airflow_provider_cancel.emulator.testing import wait_for
+from airflow_provider_cancel.version_compat import kill_budget_seconds
 from tests.airflow_compat import AirflowException, TaskDeferred
 
 from .conftest import VENDORS, FakeStore, FakeTI, drive_trigger, in_thread, make_context
@@ -243,8 +244,10 @@ def test_a_kill_whose_cancel_keeps_failing_gives_up_before_sigkill(emu, vendor):
     thread.join(30)
     assert isinstance(outcome.get("error"), ExecutionKilled)
     cancels = emu.cancels(task.execution_id)
-    assert 3 <= len(cancels) < KILL_RETRY.max_attempts and all(c["status_code"] == 503 for c in cancels)
-    assert cancels[-1]["ts"] - cancels[0]["ts"] <= KILL_RETRY.give_up_after
+    assert 3 <= len(cancels) <= KILL_RETRY.max_attempts and all(c["status_code"] == 503 for c in cancels)
+    assert cancels[-1]["ts"] - cancels[0]["ts"] <= kill_budget_seconds()  # 3.5 s; up to 17 s on 3.4
+    if kill_budget_seconds() <= KILL_RETRY.give_up_after:  # up to 3.3 the time, not the count, ends it
+        assert len(cancels) < KILL_RETRY.max_attempts
 
 
 def test_a_kill_while_the_create_is_in_flight_cancels_what_it_started(emu, vendor, monkeypatch):

@@ -34,6 +34,7 @@ from airflow_provider_cancel.core.operator import KILL_RETRY, ExecutionOperator
 from airflow_provider_cancel.core.state import ExecutionState
 from airflow_provider_cancel.core.trigger import CANCEL_RETRY, ExecutionTrigger
 from airflow_provider_cancel.registry import BY_CONN_TYPE
+from airflow_provider_cancel.version_compat import kill_budget_seconds
 
 from .conftest import API_KEY, VENDORS, FakeStore, FakeTI, defer, drive_trigger, make_context
 from .hostile import HostileServer, Reply, wait_until
@@ -131,13 +132,17 @@ async def test_a_dripped_cancel_ends_at_the_cancel_deadline_on_both_paths(server
 
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_on_kill_keeps_its_budget_against_a_dripped_cancel_answer(server, vendor):
-    """Airflow sends SIGKILL ~5 s after SIGTERM: on_kill's cancel must be over by then, whatever the server does."""
+    """Airflow sends SIGKILL ~5 s after SIGTERM (3.4: after killed_task_cleanup_time): on_kill's cancel must be
+    over by then, whatever the server does."""
     server.reply = lambda request: DRIPS["headers"]
     task = OPERATORS[vendor](task_id="t", conn_id=f"{vendor}_hostile", **_operator_args(vendor))
     task.execution_id = task.hook.trust(execution_id(vendor))
     _, took = timed(task.on_kill)
-    assert [r.method for r in server.requests] == ["POST"]  # the cancel left at once
-    assert took < KILL_RETRY.give_up_after + MARGIN, took
+    methods = [r.method for r in server.requests]
+    assert methods and set(methods) == {"POST"}  # the cancel left at once, and only cancels followed
+    if kill_budget_seconds() <= KILL_RETRY.give_up_after:  # up to 3.3 the one drip spends the whole budget
+        assert methods == ["POST"]
+    assert took < kill_budget_seconds() + MARGIN, took
 
 
 async def test_the_triggers_cancel_keeps_its_budget_against_a_dripped_cancel_answer(server):
