@@ -114,7 +114,7 @@ class RecordStore:
 
                 value = {**record.to_value(), "task_instance": _ti_name(ti)}
                 Variable.set(self._variable, json.dumps(value), description="airflow-provider-cancel: the remote "
-                             "execution of this task instance (deleted when the task sees it end)")
+                             "execution of this task instance (deleted when the task succeeds)")
         except Exception as err:  # an older store API or backend: XCom still holds the id
             self.log.warning("Could not record the execution id where a later try finds it: %s", err)
 
@@ -132,7 +132,7 @@ class RecordStore:
         return ExecutionRecord(value) if isinstance(value, str) and value else None
 
     def forget(self) -> None:
-        """Done with it (its end was seen): a later clear of this task runs anew instead of adopting it."""
+        """Done with it (it succeeded): a later clear of this task runs anew instead of adopting it."""
         try:
             if self._store:
                 self._store.delete(STATE_STORE_KEY)
