@@ -223,13 +223,12 @@ class OrphanSweep:
 
     def _still_finished(self, found: Found) -> bool:
         """Right before a cancel: the task instance was not cleared (its new try would adopt the execution)."""
-        from airflow.models.task_state_store import TaskStateStoreModel as Store
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
         same_index = ([TaskInstance.region_id == found.region_id, TaskInstance.region_index == found.map_index]
-                      if _has_regions(Store) else [TaskInstance.map_index == found.map_index])
+                      if _has_regions(TaskInstance) else [TaskInstance.map_index == found.map_index])
         with create_session() as session:
             state = session.scalar(select(TaskInstance.state).where(
                 TaskInstance.dag_id == found.dag_id, TaskInstance.run_id == found.run_id,
@@ -379,6 +378,7 @@ _Listener.before_stopping = _hookimpl(_Listener.before_stopping)  # type: ignore
 LISTENER = _Listener()
 
 
-def _has_regions(store: Any) -> bool:
-    """Airflow 3.4 names a task instance's rows by (region_id, region_index) where 3.3 had map_index."""
-    return hasattr(store, "region_index")
+def _has_regions(model: Any) -> bool:
+    """Airflow 3.4 names a task instance (its row and its task_state_store rows) by (region_id, region_index)
+    where 3.3 had map_index."""
+    return hasattr(model, "region_index")

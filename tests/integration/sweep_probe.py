@@ -28,9 +28,10 @@ def main() -> None:
     from sqlalchemy import insert, select
 
     from airflow_provider_cancel.core.ownership import STATE_STORE_KEY, ExecutionRecord
-    from airflow_provider_cancel.orphans import OrphanSweep, SweepSettings
+    from airflow_provider_cancel.orphans import OrphanSweep, SweepSettings, _has_regions
     from airflow_provider_cancel.registry import BY_CONN_TYPE
 
+    index = {"region_index": -1} if _has_regions(TaskInstance) else {"map_index": -1}  # 3.4 renamed it
     now = datetime.now(UTC)
     oldest, long_ago = now - timedelta(seconds=2000), now - timedelta(seconds=1000)
     just_now = now - timedelta(seconds=5)
@@ -53,13 +54,11 @@ def main() -> None:
                 logical_date=None, state="running"))
             dag_run_id = session.scalar(select(DagRun.id).where(DagRun.run_id == run_id))
             for case, (state, ended, cancel) in cases.items():
-                ti_index = {"region_index": -1} if hasattr(TaskInstance, "region_index") else {"map_index": -1}
                 session.execute(insert(TaskInstance.__table__).values(
-                    dag_id="d", run_id=run_id, task_id=case, **ti_index, try_number=1, state=state,
+                    dag_id="d", run_id=run_id, task_id=case, **index, try_number=1, state=state,
                     end_date=ended, updated_at=ended or now, pool="default_pool"))
                 record = ExecutionRecord(scenario_of[vendor][case], try_number=1, conn_id=f"{vendor}_probe",
                                          hook=BY_CONN_TYPE[vendor].hook_path, cancel_if_orphaned=cancel)
-                index = {"region_index": -1} if hasattr(Store, "region_index") else {"map_index": -1}  # 3.4
                 session.execute(insert(Store).values(dag_run_id=dag_run_id, dag_id="d", run_id=run_id,
                                                      task_id=case, **index, key=STATE_STORE_KEY,
                                                      value=json.dumps(record.to_value()), updated_at=now))
