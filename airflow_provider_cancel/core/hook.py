@@ -153,6 +153,9 @@ class ExecutionHook(BaseHook):
     status_words: ClassVar[Mapping[str, ExecutionState]]
     execution_id_pattern: ClassVar[re.Pattern[str] | None] = None
     execution_id_example: ClassVar[str] = ""
+    # Does the vendor's create take an idempotency key (the operator sends one per try)? Then a create whose
+    # answer was lost is sent again and the vendor answers about the same execution; else it is never resent.
+    idempotent_create: ClassVar[bool] = False
 
     REQUIRED_FACTS: ClassVar[tuple[str, ...]] = (
         "conn_type", "default_conn_name", "hook_name", "vendor", "default_host", "api_key_header", "status_words",

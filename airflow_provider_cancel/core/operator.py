@@ -35,7 +35,7 @@ from airflow_provider_cancel.core.errors import (
     ProviderConfigError,
 )
 from airflow_provider_cancel.core.hook import ExecutionHook
-from airflow_provider_cancel.core.http import ClientTimeouts, RetryPolicy, is_transient
+from airflow_provider_cancel.core.http import ClientTimeouts, RetryPolicy, may_have_acted
 from airflow_provider_cancel.core.ownership import (
     STATE_STORE_KEY,
     XCOM_EXECUTION_ID,
@@ -89,13 +89,6 @@ def default_deferrable() -> bool:
 def _type_names(expected: tuple[type, ...]) -> str:
     names = {bool: "True or False", str: "a string", int: "a number", float: "a number", type(None): "None"}
     return " or ".join(dict.fromkeys(names.get(kind, kind.__name__) for kind in expected))
-
-
-def _maybe_created(error: BaseException) -> bool:
-    """Could a create that failed with `error` have started the execution anyway (an ambiguous failure)?"""
-    if isinstance(error, ExecutionApiError):  # 4xx: refused; 5xx or an unreadable answer: it may have acted
-        return error.status_code is None or error.status_code >= 500
-    return not is_transient(error, retry_safe=False)  # only a connection that never opened proves nothing was sent
 
 
 class ExecutionOperator(BaseOperator, Generic[HookT]):
@@ -302,10 +295,12 @@ class ExecutionOperator(BaseOperator, Generic[HookT]):
         try:
             execution_id = self.start_execution(hook, context)
         except BaseException as err:
-            if self.execution_id is None and planned and _maybe_created(err):
+            if self.execution_id is None and planned and may_have_acted(err):
                 self._own(context, planned[-1], adopted=False)  # it may exist: own it, so it is cancelled below
             if self.execution_id is not None:
                 self._cancel_once(f"its start failed ({type(err).__name__})")
+                err.add_note(f"{self.hook.vendor} execution {self.execution_id} may have been started by this "
+                             "create: the task cancelled it (the log has the outcome)")
             raise
         finally:
             hook.on_planned = hook.on_started = None

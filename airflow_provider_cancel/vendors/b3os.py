@@ -227,6 +227,7 @@ class B3osHook(ExecutionHook):
     status_words = STATUS_WORDS
     execution_id_pattern = RUN_ID
     execution_id_example = "run_01jv8k5m2q9x4t7c3b6n0r8w1z"
+    idempotent_create = True
 
     def extra_headers(self, extra: Mapping[str, Any]) -> dict[str, str]:
         org_id = extra.get("org_id")

@@ -414,6 +414,7 @@ class BctrlHook(ExecutionHook):
     status_words = STATUS_WORDS
     execution_id_pattern = UUID_RE
     execution_id_example = UUID_EXAMPLE
+    idempotent_create = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -294,6 +294,7 @@ class IzieromaHook(ExecutionHook):
         r"exec_[A-Za-z0-9]{8,32}|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     )
     execution_id_example = "exec_1a2b3c4d5e6f7g8h"
+    idempotent_create = True
 
     # -- start -----------------------------------------------------------------------------------------
     def create_execution(

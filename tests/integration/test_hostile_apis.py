@@ -520,12 +520,22 @@ def test_odd_status_answers_mid_run_never_fail_or_cancel_a_healthy_execution(emu
 
 @pytest.mark.parametrize("vendor", VENDORS)
 @pytest.mark.parametrize("kind", ["huge", "endless"])
-def test_a_create_answered_huge_or_endless_is_refused_cleanly_and_starts_nothing(emu, vendor, kind):
+def test_a_create_answered_huge_or_endless_is_refused_cleanly_or_asked_again_with_its_key(emu, vendor, kind):
+    """Only the answer names what a create started. Without an idempotency key the create is refused clearly and
+    never sent again; with one it is asked again, and the vendor's answer about that key is the task's one run."""
     task, context, tag = emulated_task(vendor, "succeed:1", deferrable=False)
-    emu.add_fault(vendor=vendor, action="create", kind=kind)
-    with pytest.raises(ExecutionApiError, match="-byte limit of this provider"):
+    emu.add_fault(vendor=vendor, action="create", kind=kind, count=1)
+    sent_before = len(emu.journal(vendor=vendor, action="create"))
+    if HOOKS[vendor].idempotent_create:
         task.execute(context)
-    assert started_by(emu, vendor, tag) == [] and task.execution_id is None
+        (record,) = started_by(emu, vendor, tag)
+        assert record["id"] == task.execution_id and record["state"] == "succeeded"
+        assert len(emu.journal(vendor=vendor, action="create")) - sent_before == 2
+    else:
+        with pytest.raises(ExecutionApiError, match="-byte limit of this provider"):
+            task.execute(context)
+        assert started_by(emu, vendor, tag) == [] and task.execution_id is None
+        assert len(emu.journal(vendor=vendor, action="create")) - sent_before == 1
 
 
 @pytest.mark.parametrize("vendor", VENDORS)

@@ -25,7 +25,6 @@ from airflow_provider_cancel.vendors.meibel import MeibelHook, MeibelRunBatchOpe
 
 SOAK_KEY = "sk-SOAK-SECRET-31e9a0"
 VENDORS = CONN_TYPES
-IDEMPOTENT = frozenset({"izieroma", "bctrl", "b3os"})  # their creates carry a key, so an ambiguous one is retried
 # A short read timeout so `slow` faults (SLOW_DELAY) really pass it; back-offs short enough for a 2-minute soak.
 TIMEOUTS = ClientTimeouts(connect=2.0, read=1.0)
 RETRY = RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.5, max_retry_after=2.0)
@@ -57,6 +56,10 @@ OPERATORS: dict[str, type[ExecutionOperator]] = {
         ("b3os", B3osHook, B3osRunWorkflowOperator),
     )
 }
+
+
+# Their creates carry a key, so an ambiguous one is retried.
+IDEMPOTENT = frozenset(vendor for vendor, op in OPERATORS.items() if op.hook_class.idempotent_create)
 
 
 def connect(emulator: EmulatorProcess, suffix: str = "soak") -> None:

@@ -14,6 +14,7 @@ from airflow_provider_cancel.core.http import (
     ApiCall,
     ApiClient,
     RetryPolicy,
+    may_have_acted,
     parse_error_body,
     parse_rate_limit,
     parse_retry_after,
@@ -224,3 +225,35 @@ def test_rate_limit_headers():
     rl = parse_rate_limit(httpx.Headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset}))
     assert rl.exhausted and rl.reset_at > time.time()
     assert parse_rate_limit(httpx.Headers({"X-RateLimit-Reset": "30"})).reset_at > time.time() + 25
+
+
+IDEMPOTENT_CREATE = ApiCall("POST", "/v1/x", "create", json={"a": 1}, headers={"Idempotency-Key": "k1"})
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("answers", "acted"),
+    [
+        ([httpx.ReadTimeout("late"), *[httpx.Response(429)] * 3], True),  # carried out, then only refusals
+        ([httpx.Response(502), *[httpx.Response(429)] * 3], True),
+        ([httpx.ConnectError("refused"), *[httpx.Response(429)] * 3], False),  # nothing ever reached it
+        ([httpx.Response(429)] * 4, False),
+        ([httpx.Response(400, json={"error": "bad"})], False),
+    ],
+)
+def test_the_error_a_request_gives_up_with_says_whether_any_attempt_may_have_been_acted_on(answers, acted):
+    route = respx.post(f"{BASE}/v1/x").mock(side_effect=answers)
+    c = client()
+    c.sleep = lambda s: None
+    with pytest.raises((ExecutionApiError, httpx.TransportError)) as err:
+        c.request(IDEMPOTENT_CREATE)
+    assert route.call_count == len(answers)
+    assert may_have_acted(err.value) is acted
+
+
+def test_an_answer_that_came_but_could_not_be_used_was_acted_on():
+    def error(status):
+        return ExecutionApiError(vendor="Acme", method="POST", path="/v1/x", status_code=status, message="m")
+
+    assert may_have_acted(error(200)) and may_have_acted(error(None)) and may_have_acted(error(503))
+    assert not may_have_acted(error(409)) and not may_have_acted(httpx.ConnectTimeout("never opened"))

@@ -7,7 +7,7 @@ One concept per module, as httpx lays itself out:
 - `_ratelimit`: what `Retry-After` and `X-RateLimit-*` say;
 - `_errorbody`: the five vendors' error shapes;
 - `_answer`: reading an answer into an `Answer` or one clear `ExecutionApiError`;
-- `_client`: `ApiClient`, its retry decisions and `is_transient`;
+- `_client`: `ApiClient`, its retry decisions, `is_transient` and `may_have_acted`;
 - `_transports`: httpx for sync callers, aiohttp (one session per event loop) for the triggers;
 - `_urls`: ids as path segments, and which base URLs a key may be sent to.
 
@@ -15,7 +15,7 @@ Every name other modules use is importable from here.
 """
 
 from airflow_provider_cancel.core.http._answer import read_answer
-from airflow_provider_cancel.core.http._client import ApiClient, is_transient
+from airflow_provider_cancel.core.http._client import ApiClient, is_transient, may_have_acted
 from airflow_provider_cancel.core.http._config import (
     MAX_RESPONSE_BYTES,
     NO_RETRY,
@@ -46,6 +46,7 @@ __all__ = [
     "ResponseLike",
     "RetryPolicy",
     "is_transient",
+    "may_have_acted",
     "parse_error_body",
     "parse_rate_limit",
     "parse_retry_after",

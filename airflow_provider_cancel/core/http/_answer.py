@@ -135,11 +135,14 @@ def request_id_of(headers: Mapping[str, str]) -> str | None:
 
 def too_large(call: ApiCall, refused: ResponseTooLarge, *, vendor: str, conn_id: str | None) -> ExecutionApiError:
     """The error for an answer refused for its size. Its HTTP status stands: a 200 is not transient (asking again
-    would fetch the same oversized body), a 503 still is."""
+    would fetch the same oversized body), a 503 still is; except for an idempotent create, whose answer alone
+    names what it started, so it is asked again (its key makes the vendor answer about the same execution)."""
     size = f" of {refused.size:,} bytes" if refused.size is not None else ""
     what = "response" if refused.status_code < 400 else "error response"
+    idempotent_create = call.action == "create" and call.retry_safe
     return ExecutionApiError(
         vendor=vendor, method=call.method, path=call.path, status_code=refused.status_code, conn_id=conn_id,
         message=f"{what}{size} is over the {refused.limit:,}-byte limit of this provider (not read)",
         request_id=request_id_of(refused.headers), rate_limit=parse_rate_limit(refused.headers),
+        transient=True if idempotent_create else None,
     )

@@ -54,6 +54,22 @@ def is_transient(exc: BaseException, *, retry_safe: bool = True) -> bool:
     return False
 
 
+def may_have_acted(exc: BaseException) -> bool:
+    """Could the vendor have acted on the request that failed with `exc`, in its last attempt or an earlier one?
+    Only a refusal (a 4xx, 429 included) or a connection that never opened proves an attempt did nothing; an
+    answer that came but could not be read (a 2xx too large or cut short) proves it did."""
+    return getattr(exc, _ACTED_MARK, False) or _attempt_may_have_acted(exc)
+
+
+_ACTED_MARK = "airflow_provider_cancel_an_attempt_may_have_acted"  # set on the error a request gave up with
+
+
+def _attempt_may_have_acted(exc: BaseException) -> bool:
+    if isinstance(exc, ExecutionApiError):
+        return not (exc.status_code is not None and 400 <= exc.status_code < 500)
+    return not isinstance(exc, _NOT_SENT)
+
+
 class ApiClient:
     """One vendor API at one base URL, with one key. Holds no secret in any client object."""
 
@@ -172,11 +188,12 @@ class ApiClient:
 class _Attempts:
     """The retry decisions for one request: its deadline, and after a failed attempt, wait how long or give up?"""
 
-    __slots__ = ("_call", "_client", "_deadline", "_number", "_started")
+    __slots__ = ("_acted", "_call", "_client", "_deadline", "_number", "_started")
 
     def __init__(self, client: ApiClient, call: ApiCall, deadline: float | None) -> None:
         self._client, self._call = client, call
         self._number, self._started = 1, time.monotonic()
+        self._acted = False  # may an attempt so far have been acted on? Told with the error the request gives up
         budget = client.retry.give_up_after
         if budget is not None:
             deadline = min(deadline, self._started + budget) if deadline is not None else self._started + budget
@@ -195,12 +212,22 @@ class _Attempts:
             f"(after {time.monotonic() - self._started:.1f}s and {tries})"
         )
         self._client._note(exceeded, self._call)
+        if self._acted:
+            setattr(exceeded, _ACTED_MARK, True)
         return exceeded
 
     def retry_delay(self, exc: Exception) -> float | None:
-        """Seconds to wait before sending the call again; None: give up (DeadlineExceeded: out of time).
+        """Seconds to wait before sending the call again; None: give up (DeadlineExceeded: out of time). The
+        error given up with says whether any attempt may have been acted on (`may_have_acted`): a create that
+        timed out after the vendor acted and then met only 429s did start something."""
+        self._acted = self._acted or _attempt_may_have_acted(exc)
+        delay = self._delay(exc)
+        if delay is None and self._acted:
+            setattr(exc, _ACTED_MARK, True)
+        return delay
 
-        Retry-After when the vendor sent one, else exponential back-off plus jitter of up to the back-off itself
+    def _delay(self, exc: Exception) -> float | None:
+        """Retry-After when the vendor sent one, else exponential back-off plus jitter of up to the back-off itself
         (at most 1 s), so clients that failed together do not come back together. No wait ends past the deadline."""
         client, call, attempt = self._client, self._call, self._number
         now = time.monotonic()
