@@ -91,6 +91,7 @@ import httpx
 
 if TYPE_CHECKING:
     from .postgres import PostgresServer
+    from .topology import Topology
 
 __all__ = [
     "AirflowStack",
@@ -213,6 +214,12 @@ def free_port() -> int:
             continue
         return port
     raise StackError("could not find a free port")
+
+
+def _port_open(port: int | None) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port or 0), timeout=1):
+        return True
+    return False
 
 
 def _is_airflow_cmd(cmdline: tuple[str, ...], sub: str) -> bool:
@@ -447,6 +454,8 @@ class AirflowStack:
     :param database: ``"postgres"`` (a private server in AIRFLOW_HOME/postgres-N, ended with the stack) or
         ``"sqlite"``; default: env ``AIRFLOW_STACK_DB``, else ``"postgres"``. On SQLite, Airflow 3.3's
         api-server froze for 30-120 s when ~16 tasks started at once, and tasks died at start.
+    :param topology: which components run, and how many (``tests/e2e/topology.py``; default ``STANDALONE``).
+        Every component is its own process in the stack's session, its pid in ``components``.
     """
 
     def __init__(
@@ -461,10 +470,16 @@ class AirflowStack:
         request_timeout: float = 150.0,  # above SQLite's busy timeout: a slow answer is not a failure
         keep_home: bool = False,
         database: str | None = None,
+        topology: Topology | None = None,
     ) -> None:
+        from .topology import STANDALONE  # here: the leader runs this file as a script
+
+        self.topology = topology or STANDALONE
         self.database = database or os.environ.get("AIRFLOW_STACK_DB") or "postgres"
         if self.database not in ("postgres", "sqlite"):
             raise StackError(f"database must be 'postgres' or 'sqlite', not {self.database!r}")
+        if self.topology.celery and self.database != "postgres":
+            raise StackError("a Celery stack needs PostgreSQL (several schedulers, the Celery result backend)")
         self.postgres: PostgresServer | None = None
         self._db_url: str | None = None
         self.dags_folder = Path(dags_folder).resolve()
@@ -481,6 +496,8 @@ class AirflowStack:
         self.startup_seconds: float | None = None
         self.stop_seconds: float | None = None
         self.standalone_pid: int | None = None
+        self.components: dict[str, int] = {}  # component name (topology.py) -> pid
+        self.redis_port: int | None = None
         self.triggerer_log_paths: list[Path] = []
         self._env: dict[str, str] | None = None
         self._leader: subprocess.Popen[bytes] | None = None
@@ -556,7 +573,7 @@ class AirflowStack:
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.topology.executor,
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -600,12 +617,27 @@ class AirflowStack:
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        if self.topology.celery:
+            af.update(self._celery_env())
         env = {**base, **af, **self.extra_env}
         # the API port is fixed by start(); keep the execution API URL consistent with it
         env["AIRFLOW__API__PORT"] = str(self.port)
         if "AIRFLOW__CORE__EXECUTION_API_SERVER_URL" not in self.extra_env:
             env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"{self.base_url}/execution/"
         return env
+
+    def _celery_env(self) -> dict[str, str]:
+        """CeleryExecutor on the stack's Redis, results in its PostgreSQL; 1 s job heartbeats, so the other
+        scheduler and triggerer see a dead one within the thresholds below (docs/kill-paths.md, D rows)."""
+        assert self._db_url is not None and self.redis_port is not None
+        return {
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + self._db_url,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.topology.worker_concurrency),
+            "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+        }
 
     # ---------------------------------------------------------------------------------------- lifecycle
     def start(self) -> AirflowStack:
@@ -650,7 +682,11 @@ class AirflowStack:
             leader_log.close()
         atexit.register(self._atexit_stop)
         try:
-            self.standalone_pid = self.spawn([self.airflow_bin, "standalone"], self.log_path)
+            if self.topology.standalone:
+                self.standalone_pid = self.spawn([self.airflow_bin, "standalone"], self.log_path)
+                self.components = {"standalone": self.standalone_pid}
+            else:
+                self._start_components()
             self._wait_ready(time.monotonic() + self.startup_timeout)
         except _PortClash:
             raise
@@ -658,6 +694,56 @@ class AirflowStack:
             self.keep_home = True  # keep the logs the error message points to
             self.stop()
             raise
+
+    def _start_components(self) -> None:
+        """A distributed topology: Redis, the schema, then each component as its own process."""
+        assert self.home is not None
+        self.redis_port = free_port()
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise StackError("redis-server not found: run scripts/setup-redis.sh (Debian's redis-server)")
+        self._env = self._build_env()  # now with the broker's port
+        self.components["redis"] = self.spawn(
+            [redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.home)], self.home / "redis.log")
+        self.wait_until(lambda: _port_open(self.redis_port), timeout=30, interval=0.1, message="redis listening")
+        self.run_cli("db", "migrate", timeout=300)
+        for name in self.topology.component_names():
+            self.start_component(name)
+            if name.startswith("triggerer-"):  # one job row at a time: triggerer-1 holds the lower id
+                self._wait_triggerer_jobs(int(name.split("-")[1]))
+
+    def _wait_triggerer_jobs(self, count: int) -> None:
+        self.wait_until(lambda: len(self.triggerer_jobs()) >= count or None, timeout=120, interval=0.5,
+                        message=f"{count} triggerer jobs alive")
+
+    def start_component(self, name: str) -> int:
+        """Start (or start again) the component ``name`` (``scheduler-2``, ``worker-1``...); returns its pid."""
+        assert self.home is not None
+        kind, _, number = name.rpartition("-") if name[-1].isdigit() else (name, "", "")
+        argv = {
+            "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            "scheduler": ["scheduler"],
+            "dag-processor": ["dag-processor"],
+            "triggerer": ["triggerer", "--skip-serve-logs"],
+            "worker": ["celery", "worker", "--celery-hostname", f"w{number}@%h",
+                       "--concurrency", str(self.topology.worker_concurrency), "--skip-serve-logs"],
+        }[kind]
+        log = self.home / f"{name}.log"
+        if kind == "triggerer":
+            self.triggerer_log_paths.append(log)
+        self.components[name] = pid = self.spawn([self.airflow_bin, *argv], log)
+        return pid
+
+    def component_log(self, name: str) -> Path:
+        assert self.home is not None
+        return self.log_path if name == "standalone" else self.home / f"{name}.log"
+
+    def component_processes(self, name: str) -> list[ProcInfo]:
+        """The component's process and every descendant (a worker's pool processes and task runners, which lead
+        process groups of their own)."""
+        pid, procs = self.components[name], self.processes()
+        return [p for p in procs if p.pid == pid] + _family(pid, None, procs)
 
     def _start_database(self) -> str:
         assert self.home is not None
@@ -708,16 +794,16 @@ class AirflowStack:
     def _wait_ready(self, deadline: float) -> None:
         last: Any = None
         while True:
-            tail = self.log_tail(400)
-            if "address already in use" in tail.lower():
-                raise _PortClash(next(ln for ln in tail.splitlines() if "already in use" in ln.lower()))
-            if self.standalone_pid is None or not pid_alive(self.standalone_pid):
-                raise StackError(
-                    f"airflow standalone exited during startup; tail of {self.log_path}:\n{self.log_tail()}"
-                )
+            for name, pid in self.components.items():
+                log = self.component_log(name)
+                tail = self.log_tail(400, log) if log.exists() else ""
+                if "address already in use" in tail.lower():
+                    raise _PortClash(next(ln for ln in tail.splitlines() if "already in use" in ln.lower()))
+                if not pid_alive(pid):
+                    raise StackError(f"{name} exited during startup; tail of {log}:\n{self.log_tail(path=log)}")
             try:
                 last = self.health()
-                if all((last.get(c) or {}).get("status") == "healthy" for c in _COMPONENTS):
+                if all((last.get(c) or {}).get("status") == "healthy" for c in _COMPONENTS) and self._all_up():
                     return
             except (httpx.HTTPError, ValueError) as e:
                 last = repr(e)
@@ -727,6 +813,13 @@ class AirflowStack:
                     f"tail of {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.5)
+
+    def _all_up(self) -> bool:
+        """Beyond the health endpoint: every triggerer has a live job, every Celery worker said "ready."."""
+        workers = [n for n in self.components if n.startswith("worker-")]
+        if any("ready." not in self.component_log(n).read_text(errors="replace") for n in workers):
+            return False
+        return self.topology.standalone or len(self.triggerer_jobs()) >= self.topology.triggerers
 
     def log_tail(self, lines: int = 80, path: Path | None = None) -> str:
         return _ANSI.sub("", _tail(path or self.log_path, lines))
@@ -830,6 +923,10 @@ class AirflowStack:
                 res.supervisor = p.pid
         if res.runner is None and res.rest_pid and res.rest_pid in ids and res.rest_pid != res.supervisor:
             res.runner = res.rest_pid
+        if self.topology.celery and res.runner is None and res.supervisor is not None:
+            # Only the task runner carries the TI id in its title; its supervisor is the Celery pool process.
+            runner = next(p for p in procs if p.pid == res.supervisor)
+            res.runner, res.supervisor = runner.pid, runner.ppid
         return res
 
     def wait_task_pids(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from airflow_provider_cancel.emulator.testing import EmulatorClient, EmulatorPro
 from airflow_provider_cancel.registry import CONN_TYPES
 
 from .airflow_stack import AirflowStack
+from .topology import CELERY, STANDALONE
 
 DAGS = Path(__file__).parent / "dags"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -22,6 +24,9 @@ E2E_KEY = "sk-E2E-SECRET-5d1c9b"
 # settings so that N1-N5 (test_orphans.py) finish in minutes; the defaults are 30 s, 90 s and 300 s.
 SWEEP_INTERVAL, SWEEP_GRACE, HEARTBEAT_TIMEOUT = 5, 15, 60
 VENDORS = CONN_TYPES
+# Which stack the session's tests run on: `standalone` (the K matrix of the README) or `celery` (CeleryExecutor,
+# two workers, triggerers and schedulers: the second matrix and the D rows). The same tests serve both.
+TOPOLOGY = {"standalone": STANDALONE, "celery": CELERY}[os.environ.get("E2E_TOPOLOGY", "standalone")]
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +54,7 @@ def stack(e2e_emulator: EmulatorProcess) -> Iterator[AirflowStack]:
     env["AIRFLOW__PROVIDER_CANCEL__ORPHAN_SWEEP_GRACE"] = str(SWEEP_GRACE)
     env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(HEARTBEAT_TIMEOUT)
     env["E2E_CALLBACK_MARKERS"] = tempfile.mkdtemp(prefix="e2e-callbacks-")  # N2: the user's own callback
-    with AirflowStack(DAGS, env=env, parallelism=32) as airflow:
+    with AirflowStack(DAGS, env=env, parallelism=32, topology=TOPOLOGY) as airflow:
         yield airflow
 
 
@@ -66,8 +71,9 @@ class Matrix:
         if not self.rows:
             return
         ARTIFACTS.mkdir(exist_ok=True)
-        (ARTIFACTS / "e2e-matrix.json").write_text(json.dumps(self.rows, indent=1, default=str))
-        (ARTIFACTS / "e2e-matrix.md").write_text(self.pivot() + "\n" + self.detail())
+        name = "e2e-matrix" if TOPOLOGY is STANDALONE else f"e2e-matrix-{TOPOLOGY.name}"
+        (ARTIFACTS / f"{name}.json").write_text(json.dumps(self.rows, indent=1, default=str))
+        (ARTIFACTS / f"{name}.md").write_text(self.pivot() + "\n" + self.detail())
 
     @staticmethod
     def _order(row: dict) -> tuple:
