@@ -105,6 +105,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+REDELIVERY_SECONDS = 30  # the Celery stack's visibility timeout (see _celery_env)
 TERMINAL_TI_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 _COMPONENTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
@@ -497,6 +498,7 @@ class AirflowStack:
         self.stop_seconds: float | None = None
         self.standalone_pid: int | None = None
         self.components: dict[str, int] = {}  # component name (topology.py) -> pid
+        self.triggerer_job_ids: dict[str, int] = {}  # triggerer component -> its TriggererJob id
         self.redis_port: int | None = None
         self.triggerer_log_paths: list[Path] = []
         self._env: dict[str, str] | None = None
@@ -637,6 +639,9 @@ class AirflowStack:
             "AIRFLOW__SCHEDULER__JOB_HEARTBEAT_SEC": "1",
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            # Redis hands an unacknowledged message (task_acks_late) to another worker after this long: 30 s
+            # (default 1 day) so every task that runs longer is redelivered while it runs (D6), on every row.
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(REDELIVERY_SECONDS),
         }
 
     # ---------------------------------------------------------------------------------------- lifecycle
@@ -664,6 +669,7 @@ class AirflowStack:
     def _start_once(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="airflow-stack-"))
         self.port = free_port()
+        self.redis_port = free_port() if self.topology.celery else None
         self._db_url = self._start_database()
         self._env = self._build_env()
         self._client = httpx.Client(base_url=self.base_url, timeout=self.request_timeout)
@@ -698,11 +704,9 @@ class AirflowStack:
     def _start_components(self) -> None:
         """A distributed topology: Redis, the schema, then each component as its own process."""
         assert self.home is not None
-        self.redis_port = free_port()
         redis = shutil.which("redis-server")
         if redis is None:
             raise StackError("redis-server not found: run scripts/setup-redis.sh (Debian's redis-server)")
-        self._env = self._build_env()  # now with the broker's port
         self.components["redis"] = self.spawn(
             [redis, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.home)], self.home / "redis.log")
@@ -710,15 +714,21 @@ class AirflowStack:
         self.run_cli("db", "migrate", timeout=300)
         for name in self.topology.component_names():
             self.start_component(name)
-            if name.startswith("triggerer-"):  # one job row at a time: triggerer-1 holds the lower id
-                self._wait_triggerer_jobs(int(name.split("-")[1]))
+            if name == "api-server":  # the others ask it (and triggerers are told apart by its job list)
+                self.wait_until(self._api_answers, timeout=self.startup_timeout, message="the api-server answering")
 
-    def _wait_triggerer_jobs(self, count: int) -> None:
-        self.wait_until(lambda: len(self.triggerer_jobs()) >= count or None, timeout=120, interval=0.5,
-                        message=f"{count} triggerer jobs alive")
+    def _api_answers(self) -> bool:
+        if not pid_alive(self.components["api-server"]):
+            log = self.component_log("api-server")
+            raise StackError(f"api-server exited; tail of {log}:\n{self.log_tail(path=log)}")
+        with contextlib.suppress(httpx.HTTPError):
+            return self.request("GET", "/api/v2/monitor/health", timeout=5).status_code == 200
+        return False
 
     def start_component(self, name: str) -> int:
-        """Start (or start again) the component ``name`` (``scheduler-2``, ``worker-1``...); returns its pid."""
+        """Start (or start again) the component ``name`` (``scheduler-2``, ``worker-1``...); returns its pid.
+        A triggerer is waited for until its job is alive (one at a time, so each job id maps to one component),
+        a worker until Celery says it is ready."""
         assert self.home is not None
         kind, _, number = name.rpartition("-") if name[-1].isdigit() else (name, "", "")
         argv = {
@@ -730,10 +740,59 @@ class AirflowStack:
                        "--concurrency", str(self.topology.worker_concurrency), "--skip-serve-logs"],
         }[kind]
         log = self.home / f"{name}.log"
+        known_jobs = {j["id"] for j in self.triggerer_jobs(alive_only=False)} if kind == "triggerer" else set()
+        started_at = log.stat().st_size if log.exists() else 0
+        self.components[name] = pid = self.spawn([self.airflow_bin, *argv], log)
         if kind == "triggerer":
             self.triggerer_log_paths.append(log)
-        self.components[name] = pid = self.spawn([self.airflow_bin, *argv], log)
+
+            def its_job() -> int | None:
+                if not pid_alive(pid):
+                    raise StackError(f"{name} exited; tail of {log}:\n{self.log_tail(path=log)}")
+                return next((j["id"] for j in self.triggerer_jobs() if j["id"] not in known_jobs), None)
+
+            self.triggerer_job_ids[name] = self.wait_until(its_job, timeout=120, message=f"{name}'s job alive")
+        if kind == "worker":
+            def ready() -> bool:
+                if not pid_alive(pid):
+                    raise StackError(f"{name} exited; tail of {log}:\n{self.log_tail(path=log)}")
+                with open(log, "rb") as f:
+                    f.seek(started_at)
+                    return b"ready." in f.read()
+
+            self.wait_until(ready, timeout=120, message=f"{name} ready")
         return pid
+
+    def component_of(self, pid: int) -> str | None:
+        """The component whose process tree holds ``pid`` (a task runner's worker, say)."""
+        procs = self.processes()
+        for name, root in self.components.items():
+            if pid == root or any(p.pid == pid for p in _family(root, None, procs)):
+                return name
+        return None
+
+    def signal_component(self, name: str, sig: int) -> None:
+        """``sig`` to the component's main process only (a Celery worker's warm shutdown is SIGTERM to it)."""
+        _signal(self.components[name], sig)
+
+    def kill_component(self, name: str, sig: int = signal.SIGKILL) -> list[int]:
+        """``sig`` to every process of the component at once (main process, pool, task runners: each leads its
+        own group, so a group kill would miss them), the way a lost machine or container takes them all.
+        Returns the pids signalled."""
+        pids = [p.pid for p in self.component_processes(name)]
+        for pid in pids:
+            _signal(pid, sig)
+        return pids
+
+    def sql(self, query: str, *params: Any) -> list[tuple]:
+        """Rows of a read-only query on the metadata database (PostgreSQL): what no REST endpoint shows, such as
+        which triggerer job holds which trigger."""
+        import psycopg2
+
+        assert self._db_url is not None and self.database == "postgres"
+        with contextlib.closing(psycopg2.connect(self._db_url.replace("+psycopg2", ""))) as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
 
     def component_log(self, name: str) -> Path:
         assert self.home is not None
@@ -815,10 +874,7 @@ class AirflowStack:
             time.sleep(0.5)
 
     def _all_up(self) -> bool:
-        """Beyond the health endpoint: every triggerer has a live job, every Celery worker said "ready."."""
-        workers = [n for n in self.components if n.startswith("worker-")]
-        if any("ready." not in self.component_log(n).read_text(errors="replace") for n in workers):
-            return False
+        """Beyond the health endpoint: every triggerer has a live job (workers were waited for at start)."""
         return self.topology.standalone or len(self.triggerer_jobs()) >= self.topology.triggerers
 
     def log_tail(self, lines: int = 80, path: Path | None = None) -> str:
@@ -992,8 +1048,11 @@ class AirflowStack:
         (default 30 s) expires; only then does the new triggerer pick the triggers up.
         Processes of the old triggerer (trigger runner, serve-logs) still alive after ``kill_after`` s are
         SIGKILLed. ``while_down`` runs once no triggerer is left, before the new one starts.
-        Returns the pid of the new triggerer.
+        Returns the pid of the new triggerer. On a distributed topology every triggerer component is stopped and
+        each is started again (the pid returned is the first's).
         """
+        if not self.topology.standalone:
+            return self._restart_triggerer_components(sig, kill_after, while_down)
         old = self.triggerer_pids()
         procs = self.processes()
         old_tree = {p.pid for pid in old for p in _family(pid, None, procs)} | set(old)
@@ -1015,6 +1074,24 @@ class AirflowStack:
         if while_down is not None:
             while_down()
         return self._start_triggerer({}, True, timeout)
+
+    def _restart_triggerer_components(
+        self, sig: int, kill_after: float, while_down: Callable[[], object] | None
+    ) -> int:
+        names = [n for n in self.components if n.startswith("triggerer-")]
+        old = {p.pid for n in names for p in self.component_processes(n)}
+        for name in names:
+            self.signal_component(name, sig)
+        self.wait_until(lambda: not any(pid_alive(self.components[n]) for n in names), timeout=kill_after,
+                        interval=0.1, message="old triggerers exited", raise_on_timeout=False)
+        for pid in old:
+            if pid_alive(pid):
+                _signal(pid, signal.SIGKILL)
+        self.wait_until(lambda: not any(pid_alive(p) for p in old), timeout=15, interval=0.1, message="old trees gone")
+        if while_down is not None:
+            while_down()
+        pids = [self.start_component(name) for name in names]  # every one, in order
+        return pids[0]
 
     def run_cli(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess:
         """Run ``airflow <args>`` against the stack's home (own session, killed as a group on timeout)."""

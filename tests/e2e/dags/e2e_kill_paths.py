@@ -153,3 +153,25 @@ with DAG(dag_id="e2e_orphans", schedule=None, start_date=datetime(2025, 1, 1), c
     for vendor, factory in FACTORIES.items():
         for prefix, (deferrable, extra) in DEATHS.items():
             factory(f"{prefix}_{vendor}", "forever", deferrable=deferrable, **{**FAST, **extra})
+
+
+# D1-D5: faults only a distributed Airflow has (tests/e2e/test_distributed.py, on the CELERY topology). One DAG
+# per row, one task per vendor: the rows run one after another, since each stops or kills whole components.
+# row -> (scenario, deferrable, extra arguments)
+DISTRIBUTED: dict[str, tuple[str, bool, dict[str, Any]]] = {
+    "d1_stall": ("succeed@75s", True, {}),  # its triggerer stalls (SIGSTOP) past the health threshold, comes back
+    "d2_trigkill": ("forever", True, {}),  # its triggerer SIGKILLed; the other takes over; then marked failed
+    "d3_warm": ("succeed@25s", False, {}),  # its worker is shut down warm (SIGTERM): it runs to its end
+    "d3_grace": ("forever", False, RETRY_ONCE),  # the same, then SIGKILLed after a grace: the retry adopts
+    "d4_lost": ("forever", False, RETRY_ONCE),  # every process of its worker SIGKILLed: the retry adopts
+    "d5_sched": ("forever", False, {}),  # a scheduler SIGKILLed: the other schedules; a kill still cancels
+    "d6_redeliver": ("succeed@70s", False, {}),  # its Celery message redelivered (visibility timeout) while it runs
+}
+for row in ("d1", "d2", "d3", "d4", "d5", "d6"):
+    with DAG(dag_id=f"e2e_{row}", schedule=None, start_date=datetime(2025, 1, 1), catchup=False,
+             max_active_tasks=32) as dag:
+        for name, (scenario, deferrable, extra) in DISTRIBUTED.items():
+            if name.startswith(row):
+                for vendor, factory in FACTORIES.items():
+                    factory(f"{name}_{vendor}", scenario, deferrable=deferrable, **{**FAST, **extra})
+    globals()[dag.dag_id] = dag
